@@ -1,0 +1,54 @@
+"""torch_mlir_eager: a compiler-backed eager backend for PyTorch.
+
+Every aten op on a `TorchMLIRTensor` is built into a one-op module, lowered by torch-mlir,
+compiled by IREE for the tensor's device, cached per (op, shapes, dtypes, scalars), and run on
+device buffers. Ops that cannot be compiled fall back to native PyTorch, counted and explained.
+"""
+
+from __future__ import annotations
+
+from .tensor import TorchMLIRTensor
+from .device import default_device, get_device
+from .config import set_validate, set_async_compile
+from .compiler import set_compile_listener
+from .kernel_cache import STATS as _STATS, CACHE as _CACHE
+from .module import to_device, to_host
+from .timing import kernel_timing, kernel_times
+
+__all__ = [
+    "TorchMLIRTensor",
+    "default_device",
+    "stats",
+    "reset_stats",
+    "to_device",
+    "to_host",
+    "set_validate",
+    "set_async_compile",
+    "synchronize_compiles",
+    "set_compile_listener",
+    "kernel_timing",
+    "kernel_times",
+    "clear_kernel_cache",
+]
+
+
+def stats() -> dict:
+    """Counters since the last reset_stats(). compiled_calls + metadata_calls + fallback_calls
+    is every intercepted aten call; `fallbacks` maps op -> {count, step, reason}."""
+    return _STATS.as_dict()
+
+
+def reset_stats() -> None:
+    _STATS.reset()
+
+
+def synchronize_compiles() -> None:
+    """Wait for every kernel compiling in the background (set_async_compile)."""
+    from .dispatch import synchronize_compiles as _sync
+
+    _sync()
+
+
+def clear_kernel_cache() -> None:
+    """Forget every in-memory kernel and remembered fallback of this process."""
+    _CACHE.clear()

@@ -1,0 +1,289 @@
+"""The cache-miss path: from an op call to a loaded kernel, or to a remembered fallback.
+
+    plan      run the op on fake tensors: output metadata as PyTorch gives it, and which
+              results are fresh tensors, which are inputs returned as they are, which inputs
+              are written
+    trace     the one-op FX graph (functionalized, decomposed)         lowering.trace
+    lower     torch dialect -> linalg-on-tensors                        lowering.import_and_lower
+    compile   IREE, for the device's target (or the disk cache)         iree_compile
+    load      one VM context per kernel                                 kernel.Kernel
+
+Any failure becomes `Fallback(step, first line of the error)`, logged once per op.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._pytree import tree_flatten
+
+from . import lowering
+from .device import Device
+from .kernel import Kernel
+from .kernel_cache import Fallback, STATS
+from .lowering import StepError, TensorSpec, OutputSpec, fill, first_line, output_spec
+from .ops import FUNCTIONAL_REWRITES, MUTATION, OpKind
+
+log = logging.getLogger("torch_mlir_eager")
+
+ENV_DUMP_DIR = "TORCH_MLIR_EAGER_DUMP_DIR"
+
+
+@dataclass
+class Recipe:
+    """Everything needed to build one kernel. `func` is an OpOverload or a layout op."""
+
+    name: str
+    func: object
+    kind: OpKind | None
+    template: tuple  # (args, kwargs) with lowering.Slot for each tensor input
+    specs: list  # TensorSpec of each tensor input, with the real strides
+    device: Device
+    key: object = None
+
+
+@dataclass
+class OutputPlan:
+    """How the kernel's results become the op's results."""
+
+    leaves: list  # per returned leaf: ("out", i) | ("arg", slot) | ("const", value)
+    tree: object  # pytree spec of the op's return value
+    out_specs: list  # OutputSpec of each fresh result, in kernel output order
+    writes: list = field(default_factory=list)  # slot of each written input, after the fresh results
+
+    @property
+    def num_outputs(self):
+        return len(self.out_specs) + len(self.writes)
+
+
+def functional_call(func, kind: OpKind | None, args, kwargs):
+    """Call the op; return (its results, the written inputs' new values in schema order)."""
+    rewrite = FUNCTIONAL_REWRITES.get(func)
+    if rewrite is not None:
+        return rewrite(*args, **kwargs)
+    results = func(*args, **kwargs)
+    if kind is None or kind.kind != MUTATION:
+        return results, ()
+    bound = dict(zip(kind.arg_names, args))
+    bound.update(kwargs)
+    return results, tuple(bound.get(name) for name in kind.written)
+
+
+def _tensor_leaves(values):
+    return [v for v in tree_flatten(list(values))[0] if isinstance(v, torch.Tensor)]
+
+
+def plan_outputs(recipe: Recipe) -> OutputPlan:
+    """Run the op on fake tensors with the inputs' real strides."""
+    with FakeTensorMode():
+        fakes = [torch.empty_strided(s.shape, s.stride, dtype=s.dtype) for s in recipe.specs]
+        args, kwargs = fill(recipe.template, fakes)
+        results, written = functional_call(recipe.func, recipe.kind, args, kwargs)
+    leaves, tree = tree_flatten(results)
+
+    def slot_of(t):
+        return next((i for i, f in enumerate(fakes) if f is t), None)
+
+    plan_leaves, out_specs = [], []
+    for leaf in leaves:
+        if not isinstance(leaf, torch.Tensor):
+            plan_leaves.append(("const", leaf))
+        elif slot_of(leaf) is not None:  # the op returns one of its inputs (in-place, out=)
+            plan_leaves.append(("arg", slot_of(leaf)))
+        else:
+            plan_leaves.append(("out", len(out_specs)))
+            out_specs.append(output_spec(leaf))
+    writes = []
+    if written:
+        bound = dict(zip(recipe.kind.arg_names, args))
+        bound.update(kwargs)
+        for name, value in zip(recipe.kind.written, written):
+            if value is None:
+                continue
+            for target in _tensor_leaves([bound[name]]):
+                if slot_of(target) is None:
+                    raise StepError("trace", f"written argument {name} is not a device tensor")
+                writes.append(slot_of(target))
+    return OutputPlan(plan_leaves, tree, out_specs, writes)
+
+
+def make_body(recipe: Recipe, plan: OutputPlan):
+    """The function to trace: inputs -> [fresh results in physical order] + [new values]."""
+
+    def body(*tensors):
+        args, kwargs = fill(recipe.template, list(tensors))
+        results, written = functional_call(recipe.func, recipe.kind, args, kwargs)
+        outs = []
+        for leaf, entry in zip(tree_flatten(results)[0], plan.leaves):
+            if entry[0] == "out":
+                spec = plan.out_specs[entry[1]]
+                if spec.perm is not None:
+                    leaf = leaf.permute(spec.perm)
+                outs.append(leaf.contiguous())
+        outs.extend(w.contiguous() for w in _tensor_leaves(written))
+        return outs
+
+    return body
+
+
+# ---- the miss path ----------------------------------------------------------------------------
+_listener = None
+_logged_ops: set = set()
+_log_lock = threading.Lock()
+
+
+def set_compile_listener(fn):
+    """fn(event, op_name, seconds) with event "start" | "done" | "failed"; None removes it."""
+    global _listener
+    _listener = fn
+
+
+def _notify(event, name, seconds=None):
+    if _listener is not None:
+        try:
+            _listener(event, name, seconds)
+        except Exception:  # a listener must never break an op
+            log.exception("compile listener failed")
+
+
+def build(recipe: Recipe):
+    """Kernel for `recipe`, or Fallback(step, reason). Never raises for a compile problem."""
+    start = time.perf_counter()
+    _notify("start", recipe.name)
+    try:
+        kernel = _build(recipe)
+    except StepError as e:
+        seconds = time.perf_counter() - start
+        STATS.compiled(seconds, ok=False)
+        fallback = Fallback(e.step, e.first_line)
+        _log_failure(recipe.name, fallback, e.message)
+        _notify("failed", recipe.name, seconds)
+        return fallback
+    seconds = time.perf_counter() - start
+    STATS.compiled(seconds, ok=True, from_disk=getattr(kernel, "from_disk", False))
+    _notify("done", recipe.name, seconds)
+    return kernel
+
+
+def _log_failure(name, fallback: Fallback, message: str):
+    with _log_lock:
+        if name in _logged_ops:
+            return
+        _logged_ops.add(name)
+    log.warning("%s falls back to native PyTorch (%s): %s", name, fallback.step, fallback.reason)
+    log.debug("%s: full error:\n%s", name, message)
+
+
+def _build(recipe: Recipe) -> Kernel:
+    try:
+        plan = plan_outputs(recipe)
+    except StepError:
+        raise
+    except Exception as e:
+        raise StepError("trace", f"{type(e).__name__}: {e}") from None
+    if any(s.numel == 0 for s in recipe.specs) or any(s.numel == 0 for s in plan.out_specs):
+        raise StepError("unsupported", "zero-size tensor")
+    functionalize = recipe.kind is not None and recipe.kind.kind == MUTATION
+    attempts = [False]
+    if isinstance(recipe.func, torch._ops.OpOverload) and lowering.has_extra_decomposition(recipe.func):
+        attempts.append(True)
+    dump = _Dump(recipe)
+    error = None
+    for aggressive in attempts:
+        try:
+            try:
+                gm = lowering.trace(
+                    make_body(recipe, plan),
+                    recipe.specs,
+                    lowering.decompositions_for(recipe.func, aggressive),
+                    functionalize,
+                )
+            except StepError:
+                raise
+            except Exception as e:
+                raise StepError("decompose", f"{type(e).__name__}: {e}") from None
+            dump.write("graph.txt", str(gm.graph))
+            lowered = lowering.import_and_lower(gm)
+            dump.write("torch.mlir", lowered.torch_ir)
+            dump.write("linalg.mlir", lowered.linalg_ir)
+            vmfb, from_disk = _compile(lowered.linalg_ir, recipe.device, recipe.name)
+            try:
+                kernel = Kernel(recipe.device, vmfb, recipe.name, len(recipe.specs), plan.num_outputs)
+            except Exception as e:
+                raise StepError("load", f"{type(e).__name__}: {e}") from None
+            kernel.plan = plan
+            kernel.from_disk = from_disk
+            dump.write("compile.log", "ok\nflags: " + " ".join(recipe.device.compile_flags) + "\n")
+            return kernel
+        except StepError as e:
+            if error is None or e.step != "import" or error.step not in ("compile", "lower"):
+                error = e
+            dump.write("error.txt", f"step: {e.step}\n{e.message}\n")
+    raise error
+
+
+def _compile(linalg_ir: str, device: Device, name: str):
+    from . import iree_compile
+
+    disk = _disk_cache()
+    entry = None
+    if disk is not None:
+        entry = disk.entry_key(linalg_ir, device.compile_flags)
+        failure = disk.get_failure(entry)
+        if failure is not None:
+            raise StepError(failure.get("step", "compile"), failure.get("message", "remembered failure"))
+        blob = disk.get(entry)
+        if blob is not None:
+            return blob, True
+    try:
+        vmfb = iree_compile.compile_to_vmfb(linalg_ir, device.compile_flags)
+    except iree_compile.IreeCompileError as e:
+        if disk is not None:
+            disk.put_failure(entry, "compile", first_line(str(e)))
+        raise StepError("compile", str(e)) from None
+    if disk is not None:
+        disk.put(entry, vmfb)
+    return vmfb, False
+
+
+_disk = None
+_disk_opened = False
+
+
+def _disk_cache():
+    global _disk, _disk_opened
+    if not _disk_opened:
+        _disk_opened = True
+        try:
+            from .disk_cache import open_default_cache
+
+            _disk = open_default_cache()
+        except Exception as e:  # no cache is better than a broken op
+            log.warning("disk kernel cache disabled: %s", e)
+            _disk = None
+    return _disk
+
+
+class _Dump:
+    """TORCH_MLIR_EAGER_DUMP_DIR: per new key, the modules, the compiler's verdict, a reproducer."""
+
+    def __init__(self, recipe: Recipe):
+        root = os.environ.get(ENV_DUMP_DIR)
+        self.dir = None
+        if not root:
+            return
+        from . import repro
+
+        self.dir = repro.dump_dir_for(root, recipe)
+        repro.write_reproducer(self.dir, recipe)
+
+    def write(self, name, text):
+        if self.dir is not None:
+            with open(os.path.join(self.dir, name), "w") as f:
+                f.write(text)

@@ -1,0 +1,438 @@
+"""The life of an aten op on TorchMLIRTensors.
+
+    dispatch(func, args, kwargs)
+      VIEW        new view metadata over the same device storage            -> metadata call
+      NATIVE      random ops, values read back to Python: run in PyTorch    -> fallback call
+      otherwise   key   = the op + argument metadata + scalar values (nothing built yet)
+                  entry = cache[key]; on a miss compiler.build makes a Kernel or a Fallback
+                  Kernel:   run it on the device buffers                     -> compiled call
+                            fresh results become new tensors; new values of
+                            written inputs replace their storages' buffers
+                  Fallback: run in PyTorch on host copies, results back      -> fallback call
+
+Every intercepted call is counted exactly once, in `record`.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+from torch.utils._pytree import tree_unflatten
+
+from . import compiler, layout
+from .config import config
+from .fallback import HostCopies, run_native, upload
+from .kernel import Kernel
+from .kernel_cache import CACHE, STATS, Fallback, Pending
+from .lowering import Slot, TensorSpec
+from .ops import NATIVE, VIEW, classify
+from .tensor import TorchMLIRTensor, DEVICE_TYPE
+
+aten = torch.ops.aten
+
+COMPILED, METADATA = "compiled_calls", "metadata_calls"
+COMPILING = Fallback("compiling", "kernel is compiling in the background")
+
+
+def dispatch(func, args, kwargs):
+    kind = classify(func)
+    special = _SPECIAL.get(func)
+    if special is not None:
+        result, outcome = special(func, kind, args, kwargs)
+    elif kind.kind == VIEW:
+        result, outcome = run_view(func, args, kwargs), METADATA
+    elif kind.kind == NATIVE:
+        result, outcome = run_native(func, kind, args, kwargs), Fallback("unsupported", kind.reason)
+    else:
+        result, outcome = run_op(func, kind, args, kwargs)
+    record(kind.name, outcome)
+    return result
+
+
+def run_op(func, kind, args, kwargs):
+    call = abstract(func, kind, args, kwargs)
+    entry = lookup(call)
+    if isinstance(entry, Kernel):
+        if config.validate and not entry.validated:
+            return run_validated(entry, call, func, kind, args, kwargs)
+        return run_kernel(entry, call), COMPILED
+    return run_native(func, kind, args, kwargs), entry if isinstance(entry, Fallback) else COMPILING
+
+
+def record(op_name: str, outcome):
+    if isinstance(outcome, Fallback):
+        STATS.fallback(op_name, outcome.step, outcome.reason)
+    else:
+        STATS.call(outcome)
+
+
+# ---- the key ----------------------------------------------------------------------------------
+class OpCall:
+    """An op call abstracted: its key, its device tensor inputs, and the argument template."""
+
+    __slots__ = ("func", "kind", "key", "tensors", "template", "device")
+
+    def __init__(self, func, kind, key, tensors, template, device):
+        self.func, self.kind, self.key = func, kind, key
+        self.tensors, self.template, self.device = tensors, template, device
+
+    def recipe(self) -> compiler.Recipe:
+        specs = [TensorSpec(tuple(t.shape), tuple(t.stride()), t.dtype) for t in self.tensors]
+        return compiler.Recipe(self.kind.name, self.func, self.kind, self.template, specs, self.device, self.key)
+
+
+def abstract(func, kind, args, kwargs) -> OpCall:
+    """Key and template of a call. Tensors: dtype, shape, strides; scalars: type and value."""
+    tensors: list = []
+    slots: dict = {}
+    key: list = [func]
+    cpu_scalars: list = []
+
+    def visit(x):
+        if isinstance(x, TorchMLIRTensor):
+            slot = slots.get(id(x))
+            if slot is None:
+                slot = slots[id(x)] = len(tensors)
+                tensors.append(x)
+                key.append((x.dtype, x.shape, x.stride()))
+            else:
+                key.append(("same", slot))
+            return Slot(slot)
+        if isinstance(x, (list, tuple)):
+            key.append((type(x), len(x)))
+            return type(x)(visit(v) for v in x)
+        if isinstance(x, torch.Tensor):
+            if x.dim() != 0 or x.device.type != "cpu":
+                raise RuntimeError(
+                    f"Expected all tensors to be on the same device, but found at least two "
+                    f"devices, {DEVICE_TYPE}:0 and {x.device}! ({kind.name}; only 0-dim CPU "
+                    f"tensors may be mixed with TorchMLIRTensors)"
+                )
+            cpu_scalars.append((len(tensors), x))
+            slot = len(tensors)
+            tensors.append(x)
+            key.append((x.dtype, (), ()))
+            return Slot(slot)
+        if isinstance(x, float):
+            key.append((float, x.hex()))
+        elif isinstance(x, torch.device) and x.type == DEVICE_TYPE:
+            key.append(DEVICE_TYPE)
+            return torch.device("cpu")
+        else:
+            key.append((type(x), x))
+        return x
+
+    t_args = tuple(visit(a) for a in args)
+    t_kwargs = {}
+    for name in sorted(kwargs):
+        key.append(name)
+        t_kwargs[name] = visit(kwargs[name])
+    device = next((t._storage_ref.device for t in tensors if isinstance(t, TorchMLIRTensor)), None)
+    for t in tensors:
+        if isinstance(t, TorchMLIRTensor) and t._storage_ref.device is not device:
+            raise RuntimeError(
+                f"Expected all tensors to be on the same IREE device, but found "
+                f"{device.driver} and {t._storage_ref.device.driver} ({kind.name})"
+            )
+    for slot, x in cpu_scalars:  # 0-dim CPU tensors join the op as device inputs
+        tensors[slot] = TorchMLIRTensor(x, device=device.driver)
+    key.append(device.driver)
+    return OpCall(func, kind, tuple(key), tensors, (t_args, t_kwargs), device)
+
+
+# ---- the cache --------------------------------------------------------------------------------
+_pool = None
+_pool_lock = threading.Lock()
+
+
+def lookup(call: OpCall):
+    """Kernel | Fallback | Pending for the call's key; compiles on a miss."""
+    entry = CACHE.get(call.key)
+    if entry is not None:
+        STATS.lookup(hit=True)
+        if isinstance(entry, Pending):
+            return entry.future.result() if entry.future.done() else entry
+        return entry
+    STATS.lookup(hit=False)
+    if config.async_compile:
+        return _compile_in_background(call)
+    entry, _ = CACHE.get_or_build(call.key, lambda: compiler.build(call.recipe()))
+    return entry
+
+
+def _compile_in_background(call: OpCall):
+    global _pool
+    with _pool_lock:
+        if call.key in CACHE._entries:
+            return CACHE.get(call.key)
+        if _pool is None:
+            import os
+
+            _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="tme-compile")
+        recipe = call.recipe()
+
+        def job():
+            entry = compiler.build(recipe)
+            CACHE.set(recipe.key, entry)
+            return entry
+
+        pending = Pending(_pool.submit(job))
+        if not pending.future.done():
+            CACHE.set(call.key, pending)
+        return pending
+
+
+def synchronize_compiles():
+    """Wait for every background compile to finish."""
+    for key, entry in CACHE.entries():
+        if isinstance(entry, Pending):
+            entry.future.result()
+
+
+# ---- running a kernel -------------------------------------------------------------------------
+def run_kernel(kernel: Kernel, call: OpCall):
+    plan = kernel.plan
+    outs = kernel([dense_buffer(t) for t in call.tensors])
+    device = call.device
+    fresh = [
+        TorchMLIRTensor._from_buffer(device, spec.dtype, buf, spec.shape, spec.stride)
+        for spec, buf in zip(plan.out_specs, outs)
+    ]
+    for slot, buf in zip(plan.writes, outs[len(plan.out_specs):]):
+        write(call.tensors[slot], buf)
+    leaves = [
+        fresh[v] if how == "out" else call.tensors[v] if how == "arg" else v
+        for how, v in plan.leaves
+    ]
+    return tree_unflatten(leaves, plan.tree)
+
+
+def dense_buffer(t: TorchMLIRTensor):
+    """The tensor's values as a dense device buffer of its shape: the storage itself when the
+    tensor is its whole storage, else a compiled gather."""
+    storage = t._storage_ref
+    if t.is_dense():
+        return storage.shaped(tuple(t.shape))
+    size, stride, offset = tuple(t.shape), tuple(t.stride()), t.storage_offset()
+    return run_layout_kernel(layout.gather_op(size, stride, offset), storage, [storage.shaped((storage.numel,))])
+
+
+def write(dst: TorchMLIRTensor, value):
+    """Make `value` (a dense buffer of dst's shape) dst's contents, seen by all its aliases."""
+    storage = dst._storage_ref
+    if dst.is_dense():
+        storage.replace(value)
+        return
+    size, stride, offset = tuple(dst.shape), tuple(dst.stride()), dst.storage_offset()
+    if layout.has_internal_overlap(size, stride):
+        raise RuntimeError(
+            "unsupported operation: more than one element of the written-to tensor refers to a "
+            "single memory location. Please clone() the tensor before performing the operation."
+        )
+    flat = storage.shaped((storage.numel,))
+    storage.replace(run_layout_kernel(layout.scatter_op(size, stride, offset), storage, [flat, value], value_shape=size))
+
+
+def run_layout_kernel(op, storage, buffers, value_shape=None):
+    """Run a gather/scatter kernel (compiled once per geometry) on `buffers`."""
+    key = ("layout", op, storage.dtype, storage.numel, storage.device.driver)
+    entry = CACHE.get(key)
+    STATS.lookup(hit=entry is not None)
+    if entry is None:
+        specs = [TensorSpec((storage.numel,), (1,), storage.dtype)]
+        if value_shape is not None:
+            specs.append(TensorSpec(value_shape, _contiguous(value_shape), storage.dtype))
+        template = (tuple(Slot(i) for i in range(len(specs))), {})
+        recipe = compiler.Recipe(op.__name__, op, None, template, specs, storage.device, key)
+        entry, _ = CACHE.get_or_build(key, lambda: compiler.build(recipe))
+    if isinstance(entry, Kernel):
+        return entry(buffers)[0]
+    # no kernel for this geometry: do it on the host (correct, slow)
+    host = [storage.device.download(b, storage.dtype, tuple(b.shape)) for b in buffers]
+    return storage.device.upload(op(*host).contiguous())
+
+
+def _contiguous(shape):
+    stride, acc = [], 1
+    for s in reversed(shape):
+        stride.append(acc)
+        acc *= max(s, 1)
+    return tuple(reversed(stride))
+
+
+# ---- validation mode --------------------------------------------------------------------------
+def run_validated(kernel: Kernel, call: OpCall, func, kind, args, kwargs):
+    """First run of a new kernel, checked against native PyTorch on the same inputs."""
+    host = HostCopies(args, kwargs)
+    expected = func(*host.args, **host.kwargs)
+    result = run_kernel(kernel, call)
+    problem = _compare(result, expected, host, kind)
+    kernel.validated = True
+    if problem is None:
+        return result, COMPILED
+    fallback = Fallback("validate", f"kernel disagrees with native PyTorch: {problem}")
+    CACHE.set(call.key, fallback)
+    STATS.mismatch()
+    compiler.log.warning("%s: %s; kernel disabled for this key", kind.name, fallback.reason)
+    host.write_back(kind.written, kind.arg_names)  # undo the kernel's writes
+    return host.to_device(expected), fallback
+
+
+def _compare(result, expected, host, kind):
+    """None when the device result (and every written input) matches native, else a summary."""
+    from torch.utils._pytree import tree_flatten
+
+    def tensors(x):
+        return [v for v in tree_flatten(x)[0] if isinstance(v, torch.Tensor)]
+
+    pairs = list(zip(tensors(result), tensors(expected)))
+    if kind.written:
+        bound = dict(zip(kind.arg_names, host.args))
+        bound.update(host.kwargs)
+        for name in kind.written:
+            for h in tensors(bound.get(name)):
+                original = host.originals.get(id(h))
+                if original is not None:
+                    pairs.append((original, h))
+    for got, want in pairs:
+        got = got._host() if isinstance(got, TorchMLIRTensor) else got
+        try:
+            torch.testing.assert_close(got, want, equal_nan=True, check_stride=False)
+        except AssertionError as e:
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+            return "; ".join(lines[:3])
+    return None
+
+
+# ---- views and special cases ------------------------------------------------------------------
+_view_cache: dict = {}
+
+
+def run_view(func, args, kwargs):
+    """A view: new metadata over the first tensor argument's storage, computed on meta tensors."""
+    base = next(a for a in args if isinstance(a, TorchMLIRTensor))
+    key = (func,) + tuple(_view_key(a) for a in args) + tuple((k, _view_key(v)) for k, v in sorted(kwargs.items()))
+    metas = _view_cache.get(key)
+    if metas is None:
+        meta_func = aten.view.default if func is aten._unsafe_view.default else func
+        out = meta_func(*[_meta(a) for a in args], **{k: _meta(v) for k, v in kwargs.items()})
+        flat = list(out) if isinstance(out, (list, tuple)) else [out]
+        metas = (isinstance(out, (list, tuple)), type(out), [(tuple(m.shape), tuple(m.stride()), m.storage_offset()) for m in flat])
+        _view_cache[key] = metas
+    is_seq, seq_type, items = metas
+    storage = base._storage_ref
+    views = [TorchMLIRTensor._make(storage, size, stride, offset) for size, stride, offset in items]
+    return seq_type(views) if is_seq else views[0]
+
+
+def _view_key(x):
+    if isinstance(x, TorchMLIRTensor):
+        return (x.dtype, x._storage_ref.numel, x.shape, x.stride(), x.storage_offset())
+    if isinstance(x, (list, tuple)):
+        return tuple(_view_key(v) for v in x)
+    if isinstance(x, float):
+        return (float, x.hex())
+    return (type(x), x)
+
+
+def _meta(x):
+    if isinstance(x, TorchMLIRTensor):
+        s = x._storage_ref
+        base = torch.empty((s.numel,), dtype=s.dtype, device="meta")
+        return base.as_strided(x.shape, x.stride(), x.storage_offset())
+    if isinstance(x, (list, tuple)):
+        return type(x)(_meta(v) for v in x)
+    return x
+
+
+def _to_copy(func, kind, args, kwargs):
+    (src,) = args
+    target = kwargs.get("device")
+    if target is not None and torch.device(target).type == "cpu":
+        host = func(src._host(), **kwargs)
+        return host, Fallback("transfer", "copy to the host (device -> cpu)")
+    if _is_plain_copy(src, kwargs, allowed=("device", "layout", "non_blocking")):
+        return _share(src), METADATA
+    return run_op(func, kind, args, kwargs)
+
+
+def _clone(func, kind, args, kwargs):
+    src = args[0]
+    fmt = kwargs.get("memory_format", args[1] if len(args) > 1 else None)
+    if src.is_dense() and fmt in (None, torch.preserve_format, torch.contiguous_format):
+        return _share(src), METADATA
+    return run_op(func, kind, args, kwargs)
+
+
+def _share(src: TorchMLIRTensor) -> TorchMLIRTensor:
+    """A copy of a dense tensor: a new storage over the same buffer. Buffers are never written
+    in place (a write replaces a storage's buffer), so sharing one is safe."""
+    s = src._storage_ref
+    return TorchMLIRTensor._from_buffer(s.device, s.dtype, s.buffer, tuple(src.shape))
+
+
+def _is_plain_copy(src, kwargs, allowed):
+    if not src.is_dense():
+        return False
+    for k, v in kwargs.items():
+        if k == "dtype" and v in (None, src.dtype):
+            continue
+        if k == "memory_format" and v in (None, torch.preserve_format, torch.contiguous_format):
+            continue
+        if k == "device" and v is not None and torch.device(v).type != DEVICE_TYPE:
+            return False
+        if k not in allowed and v is not None and k not in ("dtype", "memory_format", "pin_memory"):
+            return False
+        if k == "pin_memory" and v:
+            return False
+    return True
+
+
+def _copy_(func, kind, args, kwargs):
+    dst, src = args[0], args[1]
+    if not isinstance(dst, TorchMLIRTensor):  # copying device values into a CPU tensor
+        dst.copy_(src._host())
+        return dst, Fallback("transfer", "copy to the host (device -> cpu)")
+    if not isinstance(src, TorchMLIRTensor):  # host -> device: allowed for copy_ at any size
+        src = upload(src.detach(), dst._storage_ref.device)
+        args = (dst, src) + tuple(args[2:])
+    if src.shape == dst.shape and src.dtype == dst.dtype and src._storage_ref.device is dst._storage_ref.device:
+        if layout.has_internal_overlap(tuple(dst.shape), tuple(dst.stride())) and dst.numel() > 1:
+            raise RuntimeError(
+                "unsupported operation: more than one element of the written-to tensor refers to a "
+                "single memory location. Please clone() the tensor before performing the operation."
+            )
+        if dst.numel() == 0:
+            return dst, METADATA
+        plain = src.is_dense() and dst.is_dense()
+        write(dst, dense_buffer(src))
+        return dst, METADATA if plain else COMPILED
+    return run_op(func, kind, args, kwargs)
+
+
+def _resize_(func, kind, args, kwargs):
+    t, size = args[0], args[1]
+    if tuple(size) == tuple(t.shape):
+        return t, METADATA
+    raise RuntimeError(
+        f"torch_mlir_eager: cannot resize a TorchMLIRTensor from {list(t.shape)} to {list(size)}"
+    )
+
+
+def _set_(func, kind, args, kwargs):
+    raise RuntimeError(f"torch_mlir_eager: {kind.name} (changing a tensor's storage) is not supported")
+
+
+_SPECIAL = {
+    aten._to_copy.default: _to_copy,
+    aten.clone.default: _clone,
+    aten.copy_.default: _copy_,
+    aten.resize_.default: _resize_,
+    aten.set_.source_Tensor: _set_,
+    aten.set_.source_Storage: _set_,
+    aten.set_.source_Storage_storage_offset: _set_,
+    aten._unsafe_view.default: lambda func, kind, args, kwargs: (run_view(func, args, kwargs), METADATA),
+}

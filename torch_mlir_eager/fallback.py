@@ -1,0 +1,108 @@
+"""Fallback: run an op in native PyTorch on host copies, then put the results back on the device.
+
+Host copies keep PyTorch's aliasing: each distinct device storage among the arguments is
+downloaded once, and every argument becomes a view (same sizes, strides, offset) of its host
+storage. After the op, each storage that the op wrote is uploaded whole and replaces the device
+storage's buffer, so every alias sees the write.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils._pytree import tree_map
+
+from .tensor import TorchMLIRTensor, DEVICE_TYPE
+
+
+def _host_device(x):
+    if isinstance(x, torch.device) and x.type == DEVICE_TYPE:
+        return torch.device("cpu")
+    if isinstance(x, str) and x.split(":")[0] == DEVICE_TYPE:
+        return "cpu"
+    return x
+
+
+class HostCopies:
+    """Host copies of an op's arguments, aliasing preserved."""
+
+    def __init__(self, args, kwargs):
+        self.storages = {}  # id(DeviceStorage) -> (DeviceStorage, host flat tensor)
+        self.originals = {}  # id(host tensor) -> device tensor it copies
+        self.device = None
+        self.args = tree_map(self._to_host, args)
+        self.kwargs = {k: _host_device(v) for k, v in tree_map(self._to_host, kwargs).items()}
+
+    def _to_host(self, x):
+        if isinstance(x, TorchMLIRTensor):
+            storage = x._storage_ref
+            self.device = self.device or storage.device
+            entry = self.storages.get(id(storage))
+            if entry is None:
+                entry = self.storages[id(storage)] = (storage, storage.to_host())
+            host = entry[1].as_strided(x.shape, x.stride(), x.storage_offset())
+            self.originals[id(host)] = x
+            return host
+        return _host_device(x)
+
+    def write_back(self, written_names, arg_names):
+        """Upload the host storages of the written arguments into their device storages."""
+        if not written_names:
+            return
+        bound = dict(zip(arg_names, self.args))
+        bound.update(self.kwargs)
+        done = set()
+        for name in written_names:
+            value = bound.get(name)
+            for host in value if isinstance(value, (list, tuple)) else [value]:
+                if not isinstance(host, torch.Tensor):
+                    continue
+                original = self.originals.get(id(host))
+                if original is None:
+                    continue
+                if tuple(host.shape) != tuple(original.shape):
+                    raise RuntimeError(
+                        f"torch_mlir_eager: the op resized an output from {list(original.shape)} to "
+                        f"{list(host.shape)}; TorchMLIRTensor cannot be resized in place. Pass an "
+                        f"out= tensor of the result's shape."
+                    )
+                storage = original._storage_ref
+                if id(storage) in done:
+                    continue
+                done.add(id(storage))
+                flat = self.storages[id(storage)][1]
+                storage.replace(storage.device.upload(flat) if storage.numel else None)
+
+    def to_device(self, out):
+        """Device tensors for the op's host results; inputs returned as they are map back."""
+
+        def convert(x):
+            if isinstance(x, torch.Tensor) and not isinstance(x, TorchMLIRTensor):
+                original = self.originals.get(id(x))
+                if original is not None:
+                    return original
+                return upload(x, self.device)
+            return x
+
+        return tree_map(convert, out)
+
+
+def upload(t: torch.Tensor, device) -> TorchMLIRTensor:
+    """A new device tensor with `t`'s values, keeping its strides when they are dense."""
+    from .lowering import output_spec
+
+    spec = output_spec(t)
+    physical = t.permute(spec.perm) if spec.perm is not None else t
+    physical = physical.contiguous()
+    buf = device.upload(physical) if t.numel() else None
+    return TorchMLIRTensor._from_buffer(device, t.dtype, buf, tuple(t.shape), spec.stride)
+
+
+def run_native(func, kind, args, kwargs):
+    """Run `func` natively on host copies; write back what it wrote; results onto the device."""
+    host = HostCopies(args, kwargs)
+    out = func(*host.args, **host.kwargs)
+    if kind is not None and kind.written:
+        host.write_back(kind.written, kind.arg_names)
+    if host.device is None:
+        return out
+    return host.to_device(out)

@@ -1,0 +1,53 @@
+"""A kernel: one compiled IREE module, loaded once on its device, called with device buffers."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import iree.runtime as rt
+
+from .device import Device
+
+
+class KernelTiming:
+    """Optional per-invocation timing, for the kernel-quality benchmark."""
+
+    enabled = False
+    records: list = []
+
+
+class Kernel:
+    """`kernel(buffers) -> buffers`: runs the module's `main` on dense device buffers."""
+
+    def __init__(self, device: Device, vmfb: bytes, name: str, num_inputs: int, num_outputs: int):
+        self.device = device
+        self.name = name
+        self.num_inputs = num_inputs
+        self.plan = None  # compiler.OutputPlan: how results map back to the op's results
+        self.from_disk = False
+        self.vmfb = vmfb
+        self.validated = False
+        module = rt.VmModule.copy_buffer(device.instance, vmfb)
+        self._context = rt.VmContext(device.instance, modules=[device.new_hal_module(), module])
+        self._main = module.lookup_function("main")
+        self._num_outputs = num_outputs
+        self._lock = threading.Lock()  # a VM context is not safe to invoke from two threads at once
+
+    def __call__(self, buffers) -> list:
+        args = rt.VmVariantList(len(buffers))
+        for b in buffers:
+            args.push_ref(b)
+        results = rt.VmVariantList(self._num_outputs)
+        if KernelTiming.enabled:
+            start = time.perf_counter()
+            with self._lock:
+                self._context.invoke(self._main, args, results)
+            KernelTiming.records.append((self.name, time.perf_counter() - start))
+        else:
+            with self._lock:
+                self._context.invoke(self._main, args, results)
+        return [results.get_as_object(i, rt.HalBufferView) for i in range(self._num_outputs)]
+
+    def __repr__(self):
+        return f"Kernel({self.name}, {self.num_inputs} in, {self._num_outputs} out, {self.device.driver})"

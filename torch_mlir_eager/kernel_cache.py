@@ -1,0 +1,163 @@
+"""The in-memory kernel cache and the statistics.
+
+A *key* is computed from the op and its argument metadata before anything is built (see
+`dispatch.make_key`). The cache maps a key to what is known about it:
+  - a `Kernel` (compiled and loaded: run it),
+  - a `Fallback` (importing, lowering, compiling or validating failed once: run natively and
+    never try again), or
+  - a `Pending` compile (non-blocking mode: run natively until the kernel is ready).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """A key that runs in native PyTorch, and why."""
+
+    step: str  # decompose | trace | import | lower | compile | run | validate | unsupported | ...
+    reason: str  # first line of the error
+
+    def describe(self) -> str:
+        return f"{self.step}: {self.reason}"
+
+
+@dataclass
+class Pending:
+    """A kernel compiling in the background."""
+
+    future: Future
+
+
+class KernelCache:
+    """Thread-safe map from key to Kernel | Fallback | Pending, with one builder per key."""
+
+    def __init__(self):
+        self._entries: dict = {}
+        self._building: dict = {}
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        return self._entries.get(key)
+
+    def set(self, key, entry):
+        with self._lock:
+            self._entries[key] = entry
+
+    def get_or_build(self, key, build):
+        """The entry for `key`, calling `build()` at most once per key across threads."""
+        entry = self._entries.get(key)
+        if entry is not None:
+            return entry, False
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                return entry, False
+            event = self._building.get(key)
+            owner = event is None
+            if owner:
+                event = self._building[key] = threading.Event()
+        if not owner:
+            event.wait()
+            return self._entries[key], False
+        try:
+            entry = build()
+            with self._lock:
+                self._entries[key] = entry
+        finally:
+            with self._lock:
+                self._building.pop(key, None)
+            event.set()
+        return entry, True
+
+    def clear(self):
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self):
+        return len(self._entries)
+
+    def entries(self):
+        with self._lock:
+            return list(self._entries.items())
+
+
+CALL_KINDS = ("compiled_calls", "metadata_calls", "fallback_calls")
+
+
+class Stats:
+    """Counters since the last reset. Every intercepted call counts in exactly one CALL_KIND."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self):
+        with self._lock:
+            self.calls = Counter()
+            self.kernels_compiled = 0
+            self.compile_failures = 0
+            self.compile_seconds = 0.0
+            self.cache_hits = 0
+            self.cache_misses = 0
+            self.disk_cache_hits = 0
+            self.validation_mismatches = 0
+            self.fallbacks: dict[str, dict] = {}
+
+    def call(self, kind: str):
+        with self._lock:
+            self.calls[kind] += 1
+
+    def fallback(self, op_name: str, step: str, reason: str):
+        with self._lock:
+            self.calls["fallback_calls"] += 1
+            entry = self.fallbacks.get(op_name)
+            if entry is None:
+                self.fallbacks[op_name] = {"count": 1, "reason": reason, "step": step}
+            else:
+                entry["count"] += 1
+
+    def lookup(self, hit: bool):
+        with self._lock:
+            if hit:
+                self.cache_hits += 1
+            else:
+                self.cache_misses += 1
+
+    def compiled(self, seconds: float, ok: bool, from_disk: bool = False):
+        with self._lock:
+            self.compile_seconds += seconds
+            if from_disk:
+                self.disk_cache_hits += 1
+            elif ok:
+                self.kernels_compiled += 1
+            if not ok:
+                self.compile_failures += 1
+
+    def mismatch(self):
+        with self._lock:
+            self.validation_mismatches += 1
+
+    def as_dict(self) -> dict:
+        with self._lock:
+            d = {kind: self.calls[kind] for kind in CALL_KINDS}
+            d.update(
+                kernels_compiled=self.kernels_compiled,
+                compile_failures=self.compile_failures,
+                compile_seconds=round(self.compile_seconds, 6),
+                cache_hits=self.cache_hits,
+                cache_misses=self.cache_misses,
+                disk_cache_hits=self.disk_cache_hits,
+                validation_mismatches=self.validation_mismatches,
+                fallbacks={k: dict(v) for k, v in self.fallbacks.items()},
+            )
+            return d
+
+
+CACHE = KernelCache()
+STATS = Stats()

@@ -1,0 +1,238 @@
+"""Building and lowering the single-op module.
+
+    OpCall --trace--> one-op FX graph (fake tensors, decompositions applied)
+           --import--> torch dialect with refined types (torch-mlir FxImporter)
+           --lower--> linalg-on-tensors (torch-mlir pass pipelines)
+
+Every step raises `StepError(step, message)` so that a fallback can say where it failed.
+The IREE compile step lives in `iree_compile.py`; running the result lives in `kernel.py`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx.experimental.proxy_tensor import make_fx
+
+
+class StepError(Exception):
+    """A failure at one step of building a kernel. `step` names it for the statistics."""
+
+    def __init__(self, step: str, message: str):
+        super().__init__(message)
+        self.step = step
+        self.message = message
+
+    @property
+    def first_line(self) -> str:
+        return first_line(self.message)
+
+
+def first_line(message: str) -> str:
+    for line in str(message).splitlines():
+        line = line.strip()
+        if line:
+            return line[:300]
+    return "(no message)"
+
+
+# ---- the op call, abstracted ------------------------------------------------------------------
+@dataclass(frozen=True)
+class TensorSpec:
+    """What a kernel needs to know about one tensor: logical shape, strides and dtype."""
+
+    shape: tuple
+    stride: tuple
+    dtype: torch.dtype
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+class Slot:
+    """Stands for the i-th tensor input inside an argument template."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int):
+        self.index = index
+
+    def __repr__(self):
+        return f"Slot({self.index})"
+
+
+def fill(template, values):
+    """Replace every Slot in a nested args/kwargs template by values[slot.index]."""
+    if isinstance(template, Slot):
+        return values[template.index]
+    if isinstance(template, (list, tuple)):
+        return type(template)(fill(t, values) for t in template)
+    if isinstance(template, dict):
+        return {k: fill(v, values) for k, v in template.items()}
+    return template
+
+
+@dataclass
+class OutputSpec:
+    """One tensor result: its metadata as PyTorch gives it, and the physical order the kernel
+    writes it in (`perm`: the result is `out.permute(perm).contiguous()`), so that its strides
+    match PyTorch's without a copy."""
+
+    shape: tuple
+    stride: tuple
+    dtype: torch.dtype
+    perm: tuple | None  # None: the kernel writes it contiguous (and `stride` is contiguous)
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def physical_shape(self) -> tuple:
+        if self.perm is None:
+            return self.shape
+        return tuple(self.shape[d] for d in self.perm)
+
+
+def _contiguous_stride(shape):
+    stride, acc = [], 1
+    for s in reversed(shape):
+        stride.append(acc)
+        acc *= max(s, 1)
+    return tuple(reversed(stride))
+
+
+def output_spec(t: torch.Tensor) -> OutputSpec:
+    shape, stride = tuple(t.shape), tuple(t.stride())
+    if stride == _contiguous_stride(shape) or t.numel() <= 1:
+        return OutputSpec(shape, _contiguous_stride(shape), t.dtype, None)
+    perm = tuple(sorted(range(len(shape)), key=lambda d: (-stride[d], d)))
+    phys = tuple(shape[d] for d in perm)
+    expect = _contiguous_stride(phys)
+    if all(shape[d] == 1 or stride[d] == expect[i] for i, d in enumerate(perm)):
+        return OutputSpec(shape, stride, t.dtype, perm)
+    # overlapping or gappy strides: keep the values, give them contiguous strides
+    return OutputSpec(shape, _contiguous_stride(shape), t.dtype, None)
+
+
+# ---- trace: the one-op FX graph ---------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def torch_mlir_decompositions():
+    from torch_mlir.extras.fx_decomp_util import get_decomposition_table
+
+    return get_decomposition_table()
+
+
+def decompositions_for(func, aggressive: bool) -> dict:
+    """torch-mlir's table; `aggressive` adds PyTorch's own decomposition of `func` itself."""
+    table = torch_mlir_decompositions()
+    if not aggressive:
+        return table
+    from torch._decomp import decomposition_table
+
+    extra = decomposition_table.get(func)
+    if extra is None:
+        return table
+    table = dict(table)
+    table[func] = extra
+    return table
+
+
+def has_extra_decomposition(func) -> bool:
+    from torch._decomp import decomposition_table
+
+    return func in decomposition_table and func not in torch_mlir_decompositions()
+
+
+def trace(body, specs, decompositions, functionalize: bool) -> torch.fx.GraphModule:
+    """The FX graph of `body(*tensors) -> [tensors]` on fake dense inputs of `specs`.
+
+    With `functionalize`, writes into inputs become value-returning ops (PyTorch's
+    functionalization); the trailing copies back into the inputs are dropped, because `body`
+    returns the new values and the caller writes them into the storages.
+    """
+    fn = body
+    if functionalize:
+        fn = torch.func.functionalize(body, remove="mutations_and_views")
+    mode = FakeTensorMode()
+    with mode:
+        fakes = [torch.empty(s.shape, dtype=s.dtype) for s in specs]
+        gm = make_fx(fn, decomposition_table=decompositions, tracing_mode="real")(*fakes)
+    graph = gm.graph
+    for node in list(graph.nodes):
+        if (node.op == "call_function" and node.target is torch.ops.aten.copy_.default
+                and node.args[0].op == "placeholder" and not node.users):
+            graph.erase_node(node)
+    for node in graph.nodes:
+        if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
+            if any(a.alias_info is not None and a.alias_info.is_write for a in node.target._schema.arguments):
+                raise StepError("functionalize", f"{node.target} still writes into an input after functionalization")
+    graph.lint()
+    gm.recompile()
+    return gm
+
+
+# ---- import and lower -------------------------------------------------------------------------
+@dataclass
+class LoweredModule:
+    torch_ir: str  # torch dialect, refined types, as imported
+    linalg_ir: str  # linalg-on-tensors, what IREE compiles
+
+
+_TORCH_PIPELINE = (
+    "builtin.module(func.func(torch-match-quantized-custom-ops), "
+    "torchdynamo-export-to-torch-backend-pipeline{ extra-library=})"
+)
+_LINALG_PIPELINE = (
+    "builtin.module(torch-backend-to-linalg-on-tensors-backend-pipeline{allow-non-finites=True})"
+)
+
+
+def import_and_lower(gm: torch.fx.GraphModule) -> LoweredModule:
+    from torch_mlir import ir
+    from torch_mlir.dialects import torch as torch_d
+    from torch_mlir.extras.fx_importer import FxImporter
+    from torch_mlir.passmanager import PassManager
+
+    ctx = ir.Context()
+    torch_d.register_dialect(ctx)
+    diagnostics: list[str] = []
+
+    def on_diagnostic(d):
+        diagnostics.append(str(d))
+        for note in d.notes:
+            diagnostics.append("  " + str(note))
+        return True
+
+    handler = ctx.attach_diagnostic_handler(on_diagnostic)
+    try:
+        try:
+            importer = FxImporter(context=ctx)
+            importer.import_stateless_graph(gm.graph)
+            module = importer.module
+            torch_ir = str(module)
+        except Exception as e:
+            raise StepError("import", f"{type(e).__name__}: {e}" + _diag(diagnostics)) from None
+        for name, pipeline in (("lower", _TORCH_PIPELINE), ("lower", _LINALG_PIPELINE)):
+            diagnostics.clear()
+            try:
+                with ctx:
+                    ctx.emit_error_diagnostics = True
+                    PassManager.parse(pipeline).run(module.operation)
+            except Exception as e:
+                msg = "\n".join(diagnostics) if diagnostics else str(e)
+                raise StepError(name, msg) from None
+            if diagnostics and any(d.startswith("error") or "error:" in d for d in diagnostics):
+                raise StepError(name, "\n".join(diagnostics))
+        return LoweredModule(torch_ir=torch_ir, linalg_ir=str(module))
+    finally:
+        handler.detach()
+
+
+def _diag(diagnostics):
+    return ("\n" + "\n".join(diagnostics)) if diagnostics else ""

@@ -1,0 +1,167 @@
+"""TorchMLIRTensor: a PyTorch tensor whose data lives in an IREE device buffer.
+
+Like PyTorch itself, a tensor is *view metadata* (size, stride, storage offset) over a *storage*.
+A `DeviceStorage` is flat: one dense 1-D run of elements held in an IREE device buffer. Every
+alias of a storage (views, `detach`, in-place results) holds the same `DeviceStorage` object, so
+replacing its buffer (what a write does) is seen through every alias at once.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.utils.backend_registration as _backend_registration
+
+from .device import Device, get_device, SUPPORTED_DTYPES
+
+DEVICE_TYPE = "iree"
+
+
+def _register_device_type():
+    # Name PyTorch's PrivateUse1 device "iree" and give it the Python device guard and hooks that
+    # autograd needs to run backward on tensors that report that device.
+    if torch._C._get_privateuse1_backend_name() != DEVICE_TYPE:
+        _backend_registration._setup_privateuseone_for_python_backend(DEVICE_TYPE)
+
+
+_register_device_type()
+
+
+class DeviceStorage:
+    """A flat run of `numel` elements of `dtype` in a device buffer shared by all aliases.
+
+    `buffer` always holds exactly `numel` elements, in row-major order, but may carry any shape
+    (usually the shape of the kernel result it came from). `version` changes on every write.
+    """
+
+    __slots__ = ("device", "dtype", "numel", "buffer", "version", "_shaped", "__weakref__")
+
+    def __init__(self, device: Device, dtype: torch.dtype, numel: int, buffer):
+        self.device = device
+        self.dtype = dtype
+        self.numel = numel
+        self.buffer = buffer  # iree.runtime.HalBufferView, or None when numel == 0
+        self.version = 0
+        self._shaped = None
+
+    def replace(self, buffer):
+        """Make `buffer` (same element count) the storage's contents: a write seen by all aliases."""
+        self.buffer = buffer
+        self.version += 1
+        self._shaped = None
+
+    def shaped(self, shape: tuple):
+        """The buffer viewed with `shape` (same bytes, no copy)."""
+        buf = self.buffer
+        if tuple(buf.shape) == shape:
+            return buf
+        cached = self._shaped
+        if cached is not None and cached[0] == shape:
+            return cached[1]
+        view = Device.reshape(buf, shape)
+        self._shaped = (shape, view)
+        return view
+
+    def to_host(self) -> torch.Tensor:
+        """The whole storage as a flat CPU tensor."""
+        if self.numel == 0:
+            return torch.empty(0, dtype=self.dtype)
+        return self.device.download(self.buffer, self.dtype, (self.numel,))
+
+
+def _contiguous_strides(shape) -> tuple:
+    strides, acc = [], 1
+    for s in reversed(shape):
+        strides.append(acc)
+        acc *= max(s, 1)
+    return tuple(reversed(strides))
+
+
+class TorchMLIRTensor(torch.Tensor):
+    """A tensor on an IREE device. `TorchMLIRTensor(x, device="local-sync")` copies `x` there."""
+
+    _storage_ref: DeviceStorage
+
+    @staticmethod
+    def __new__(cls, data, device: str | None = None, requires_grad: bool = False):
+        if isinstance(data, TorchMLIRTensor):
+            if device is None or device == data._storage_ref.device.driver:
+                return data
+            data = data.cpu()
+        if not isinstance(data, torch.Tensor):
+            data = torch.as_tensor(data)
+        if data.device.type != "cpu":
+            raise ValueError(f"TorchMLIRTensor wraps CPU tensors; got one on {data.device}")
+        if data.dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f"TorchMLIRTensor: dtype {data.dtype} is not supported")
+        if data.layout != torch.strided:
+            raise TypeError(f"TorchMLIRTensor: layout {data.layout} is not supported")
+        dev = get_device(device)
+        data = data.detach().contiguous()
+        storage = DeviceStorage(dev, data.dtype, data.numel(), dev.upload(data.reshape(-1)) if data.numel() else None)
+        return cls._make(storage, tuple(data.shape), tuple(data.stride()), 0, requires_grad)
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    @classmethod
+    def _make(cls, storage: DeviceStorage, size, stride, offset: int, requires_grad: bool = False):
+        t = torch.Tensor._make_wrapper_subclass(
+            cls,
+            size,
+            strides=stride,
+            storage_offset=offset,
+            dtype=storage.dtype,
+            device=torch.device(DEVICE_TYPE, 0),
+            requires_grad=requires_grad,
+        )
+        t._storage_ref = storage
+        return t
+
+    @classmethod
+    def _from_buffer(cls, device: Device, dtype, buffer, size, stride=None):
+        """A new tensor owning a fresh storage made of a dense kernel result."""
+        size = tuple(size)
+        numel = 1
+        for s in size:
+            numel *= s
+        storage = DeviceStorage(device, dtype, numel, buffer)
+        return cls._make(storage, size, stride if stride is not None else _contiguous_strides(size), 0)
+
+    # ---- metadata --------------------------------------------------------------------------
+    @property
+    def iree_device(self) -> Device:
+        return self._storage_ref.device
+
+    def is_dense(self) -> bool:
+        """True when the tensor is exactly its whole storage in row-major order."""
+        return (
+            self.storage_offset() == 0
+            and self._storage_ref.numel == self.numel()
+            and self.is_contiguous()
+        )
+
+    def _host(self) -> torch.Tensor:
+        """A CPU tensor with the same values, sizes and strides (a copy)."""
+        flat = self._storage_ref.to_host()
+        return flat.as_strided(self.shape, self.stride(), self.storage_offset())
+
+    # ---- dispatch --------------------------------------------------------------------------
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        from .dispatch import dispatch
+
+        return dispatch(func, args, kwargs or {})
+
+    def __repr__(self, *, tensor_contents=None):
+        host = self._host()
+        body = repr(host)
+        device = f"device='{DEVICE_TYPE}:{self.iree_device.driver}'"
+        if body.endswith(")"):
+            return body[:-1] + f", {device})"
+        return body
+
+    def tolist(self):
+        return self.cpu().tolist()
+
+    def numpy(self, *, force: bool = False):
+        return self.cpu().numpy()
