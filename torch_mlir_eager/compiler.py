@@ -54,12 +54,15 @@ class OutputPlan:
 
     leaves: list  # per returned leaf: ("out", i) | ("arg", slot) | ("const", value)
     tree: object  # pytree spec of the op's return value
-    out_specs: list  # OutputSpec of each fresh result, in kernel output order
-    writes: list = field(default_factory=list)  # slot of each written input, after the fresh results
+    out_specs: list  # OutputSpec of each fresh result
+    writes: list = field(default_factory=list)  # slot of each written input
+    live_inputs: list = field(default_factory=list)  # inputs passed to the kernel (not zero-size)
+    live_outputs: list = field(default_factory=list)  # fresh results the kernel returns (not zero-size)
+    live_writes: list = field(default_factory=list)  # writes the kernel returns, after live_outputs
 
     @property
     def num_outputs(self):
-        return len(self.out_specs) + len(self.writes)
+        return len(self.live_outputs) + len(self.live_writes)
 
 
 def functional_call(func, kind: OpKind | None, args, kwargs):
@@ -110,23 +113,33 @@ def plan_outputs(recipe: Recipe) -> OutputPlan:
                 if slot_of(target) is None:
                     raise StepError("trace", f"written argument {name} is not a device tensor")
                 writes.append(slot_of(target))
-    return OutputPlan(plan_leaves, tree, out_specs, writes)
+    specs = recipe.specs
+    return OutputPlan(
+        plan_leaves, tree, out_specs, writes,
+        live_inputs=[i for i, s in enumerate(specs) if s.numel > 0],
+        live_outputs=[i for i, s in enumerate(out_specs) if s.numel > 0],
+        live_writes=[slot for slot in writes if specs[slot].numel > 0],
+    )
 
 
 def make_body(recipe: Recipe, plan: OutputPlan):
     """The function to trace: inputs -> [fresh results in physical order] + [new values]."""
 
-    def body(*tensors):
-        args, kwargs = fill(recipe.template, list(tensors))
+    def body(*live):
+        # zero-size inputs are not kernel arguments: they are made inside the graph
+        tensors = [torch.empty(s.shape, dtype=s.dtype) for s in recipe.specs]
+        for i, t in zip(plan.live_inputs, live):
+            tensors[i] = t
+        args, kwargs = fill(recipe.template, tensors)
         results, written = functional_call(recipe.func, recipe.kind, args, kwargs)
         outs = []
         for leaf, entry in zip(tree_flatten(results)[0], plan.leaves):
-            if entry[0] == "out":
+            if entry[0] == "out" and plan.out_specs[entry[1]].numel > 0:
                 spec = plan.out_specs[entry[1]]
                 if spec.perm is not None:
                     leaf = leaf.permute(spec.perm)
                 outs.append(leaf.contiguous())
-        outs.extend(w.contiguous() for w in _tensor_leaves(written))
+        outs.extend(w.contiguous() for w in _tensor_leaves(written) if w.numel() > 0)
         return outs
 
     return body
@@ -187,8 +200,8 @@ def _build(recipe: Recipe) -> Kernel:
         raise
     except Exception as e:
         raise StepError("trace", f"{type(e).__name__}: {e}") from None
-    if any(s.numel == 0 for s in recipe.specs) or any(s.numel == 0 for s in plan.out_specs):
-        raise StepError("unsupported", "zero-size tensor")
+    if plan.num_outputs == 0:  # every result is zero-size: nothing to compute
+        return Kernel.empty(recipe.device, recipe.name, plan)
     functionalize = recipe.kind is not None and recipe.kind.kind == MUTATION
     attempts = [False]
     if isinstance(recipe.func, torch._ops.OpOverload) and lowering.has_extra_decomposition(recipe.func):
@@ -200,7 +213,7 @@ def _build(recipe: Recipe) -> Kernel:
             try:
                 gm = lowering.trace(
                     make_body(recipe, plan),
-                    recipe.specs,
+                    [recipe.specs[i] for i in plan.live_inputs],
                     lowering.decompositions_for(recipe.func, aggressive),
                     functionalize,
                 )
@@ -214,7 +227,7 @@ def _build(recipe: Recipe) -> Kernel:
             dump.write("linalg.mlir", lowered.linalg_ir)
             vmfb, from_disk = _compile(lowered.linalg_ir, recipe.device, recipe.name)
             try:
-                kernel = Kernel(recipe.device, vmfb, recipe.name, len(recipe.specs), plan.num_outputs)
+                kernel = Kernel(recipe.device, vmfb, recipe.name, len(plan.live_inputs), plan.num_outputs)
             except Exception as e:
                 raise StepError("load", f"{type(e).__name__}: {e}") from None
             kernel.plan = plan
@@ -234,7 +247,9 @@ def _compile(linalg_ir: str, device: Device, name: str):
     disk = _disk_cache()
     entry = None
     if disk is not None:
-        entry = disk.entry_key(linalg_ir, device.compile_flags)
+        from .disk_cache import entry_key
+
+        entry = entry_key(linalg_ir, device.compile_flags)
         failure = disk.get_failure(entry)
         if failure is not None:
             raise StepError(failure.get("step", "compile"), failure.get("message", "remembered failure"))

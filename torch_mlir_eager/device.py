@@ -102,6 +102,17 @@ class Device:
             t = t.view(dtype)
         return t
 
+    def allocate(self, shape, dtype: torch.dtype) -> rt.HalBufferView:
+        """A new device buffer of `shape`, contents unspecified (like torch.empty)."""
+        etype, np_dtype = _ELEMENT_TYPES[dtype]
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(np_dtype).itemsize
+        buffer = self.hal.allocator.allocate_buffer(
+            memory_type=rt.MemoryType.DEVICE_LOCAL,
+            allowed_usage=rt.BufferUsage.DEFAULT,
+            allocation_size=nbytes,
+        )
+        return rt.HalBufferView(buffer, list(shape), etype)
+
     @staticmethod
     def reshape(bv: rt.HalBufferView, shape) -> rt.HalBufferView:
         """The same bytes under another shape (no copy)."""

@@ -58,7 +58,7 @@ def run_op(func, kind, args, kwargs):
     if isinstance(entry, Kernel):
         if config.validate and not entry.validated:
             return run_validated(entry, call, func, kind, args, kwargs)
-        return run_kernel(entry, call), COMPILED
+        return run_kernel(entry, call), COMPILED if entry.launches else METADATA
     return run_native(func, kind, args, kwargs), entry if isinstance(entry, Fallback) else COMPILING
 
 
@@ -159,19 +159,33 @@ def lookup(call: OpCall):
     STATS.lookup(hit=False)
     if config.async_compile:
         return _compile_in_background(call)
-    entry, _ = CACHE.get_or_build(call.key, lambda: compiler.build(call.recipe()))
+    recipe = call.recipe()
+    entry, _ = CACHE.get_or_build(call.key, lambda: _build_outside_dispatch(recipe))
     return entry
 
 
-def _compile_in_background(call: OpCall):
+def _build_outside_dispatch(recipe):
+    """Build on a compile thread: tracing needs PyTorch's dispatch state as it is outside any
+    __torch_dispatch__ (functionalization misbehaves when nested in one)."""
+    return _compile_pool().submit(compiler.build, recipe).result()
+
+
+def _compile_pool():
     global _pool
+    if _pool is None:
+        with _pool_lock:
+            if _pool is None:
+                import os
+
+                _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="tme-compile")
+    return _pool
+
+
+def _compile_in_background(call: OpCall):
+    pool = _compile_pool()
     with _pool_lock:
         if call.key in CACHE._entries:
             return CACHE.get(call.key)
-        if _pool is None:
-            import os
-
-            _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="tme-compile")
         recipe = call.recipe()
 
         def job():
@@ -179,7 +193,7 @@ def _compile_in_background(call: OpCall):
             CACHE.set(recipe.key, entry)
             return entry
 
-        pending = Pending(_pool.submit(job))
+        pending = Pending(pool.submit(job))
         if not pending.future.done():
             CACHE.set(call.key, pending)
         return pending
@@ -195,14 +209,15 @@ def synchronize_compiles():
 # ---- running a kernel -------------------------------------------------------------------------
 def run_kernel(kernel: Kernel, call: OpCall):
     plan = kernel.plan
-    outs = kernel([dense_buffer(t) for t in call.tensors])
+    tensors = call.tensors
+    outs = iter(kernel([dense_buffer(tensors[i]) for i in plan.live_inputs]))
     device = call.device
     fresh = [
-        TorchMLIRTensor._from_buffer(device, spec.dtype, buf, spec.shape, spec.stride)
-        for spec, buf in zip(plan.out_specs, outs)
+        TorchMLIRTensor._from_buffer(device, spec.dtype, next(outs) if spec.numel else None, spec.shape, spec.stride)
+        for spec in plan.out_specs
     ]
-    for slot, buf in zip(plan.writes, outs[len(plan.out_specs):]):
-        write(call.tensors[slot], buf)
+    for slot in plan.live_writes:
+        write(tensors[slot], next(outs))
     leaves = [
         fresh[v] if how == "out" else call.tensors[v] if how == "arg" else v
         for how, v in plan.leaves
@@ -247,7 +262,7 @@ def run_layout_kernel(op, storage, buffers, value_shape=None):
             specs.append(TensorSpec(value_shape, _contiguous(value_shape), storage.dtype))
         template = (tuple(Slot(i) for i in range(len(specs))), {})
         recipe = compiler.Recipe(op.__name__, op, None, template, specs, storage.device, key)
-        entry, _ = CACHE.get_or_build(key, lambda: compiler.build(recipe))
+        entry, _ = CACHE.get_or_build(key, lambda: _build_outside_dispatch(recipe))
     if isinstance(entry, Kernel):
         return entry(buffers)[0]
     # no kernel for this geometry: do it on the host (correct, slow)

@@ -49,10 +49,14 @@ def _batch_norm_functional(input, weight, bias, running_mean, running_var, train
     return tuple(results), (None, None)
 
 
-# Mutating ops that PyTorch's functionalization leaves alone: fn(*args) -> (returns, new values
-# of the written arguments, in schema order).
+# Mutating ops that PyTorch's functionalization leaves alone (native_batch_norm's schema does not
+# even mark its running statistics as written): fn(*args) -> (returns, new values of the written
+# arguments, None where unchanged), and the names of those arguments.
 FUNCTIONAL_REWRITES = {
     aten.native_batch_norm.default: _batch_norm_functional,
+}
+REWRITE_WRITTEN = {
+    aten.native_batch_norm.default: ("running_mean", "running_var"),
 }
 
 # Ops that are never compiled.
@@ -84,7 +88,7 @@ def classify(func) -> OpKind:
         if not (isinstance(t, torch.TensorType) or _is_tensor_container(t) or _is_optional_tensor(t)):
             return OpKind(NATIVE, name, reason=f"returns {t}, not tensors", arg_names=arg_names)
 
-    written = tuple(a.name for a in schema.arguments if _is_write(a))
+    written = REWRITE_WRITTEN.get(func) or tuple(a.name for a in schema.arguments if _is_write(a))
     if written:
         returns_written = tuple(
             next((a.name for a in schema.arguments if _is_write(a) and ret.alias_info is not None

@@ -165,3 +165,27 @@ class TorchMLIRTensor(torch.Tensor):
 
     def numpy(self, *, force: bool = False):
         return self.cpu().numpy()
+
+
+# ---- factory functions on device "iree" -------------------------------------------------------
+# `torch.empty(..., device="iree")`, `x.to("iree")` and composite ops that allocate on the input's
+# device (batch_norm does) reach PyTorch's PrivateUse1 kernels, not __torch_dispatch__: these
+# give them TorchMLIRTensors on the default driver.
+def _empty_strided_iree(size, stride, dtype=None, layout=None, device=None, pin_memory=None):
+    dtype = dtype or torch.get_default_dtype()
+    if dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"TorchMLIRTensor: dtype {dtype} is not supported")
+    size, stride = tuple(size), tuple(stride)
+    extent = 1 + sum((s - 1) * st for s, st in zip(size, stride)) if all(s > 0 for s in size) else 0
+    dev = get_device()
+    storage = DeviceStorage(dev, dtype, extent, dev.allocate((extent,), dtype) if extent else None)
+    return TorchMLIRTensor._make(storage, size, stride, 0)
+
+
+def _empty_iree(size, dtype=None, layout=None, device=None, pin_memory=None, memory_format=None):
+    return _empty_strided_iree(size, _contiguous_strides(size), dtype, layout, device, pin_memory)
+
+
+_factory_lib = torch.library.Library("aten", "IMPL")
+_factory_lib.impl("empty.memory_format", _empty_iree, "PrivateUse1")
+_factory_lib.impl("empty_strided", _empty_strided_iree, "PrivateUse1")

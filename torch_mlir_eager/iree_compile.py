@@ -1,0 +1,325 @@
+"""Compile MLIR text (linalg-on-tensors or any input IREE accepts) to an IREE .vmfb.
+
+Two ways to run the IREE compiler:
+
+* ``inprocess`` (default): the IREE compiler C embedding API in ``libIREECompiler.so``,
+  driven through :mod:`iree.compiler.api` (Session / Invocation / Source / Output), with
+  the result written to a memory buffer and diagnostics captured through a callback.
+  No process start and no library load per compile. The ctypes calls release the GIL, so
+  compiles on several threads run in parallel.
+* ``subprocess``: runs the ``iree-compile`` tool of the ``iree-base-compiler`` wheel,
+  module text on stdin and .vmfb on stdout (what ``iree.compiler.compile_str`` does).
+  Slower (each call starts a process and loads the compiler library) but a compiler crash
+  only kills the child.
+
+Pick one with ``TORCH_MLIR_EAGER_COMPILER=inprocess|subprocess`` (read on every call).
+``benchmarks/compile_modes.py`` measures the two.
+
+Both functions here are thread-safe.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shlex
+import subprocess
+import threading
+from typing import Sequence
+
+__all__ = [
+    "IreeCompileError",
+    "compile_to_vmfb",
+    "target_flags",
+    "compiler_mode",
+    "COMPILER_ENV",
+    "COMPILE_FLAGS_ENV",
+]
+
+COMPILER_ENV = "TORCH_MLIR_EAGER_COMPILER"
+COMPILE_FLAGS_ENV = "TORCH_MLIR_EAGER_COMPILE_FLAGS"
+CUDA_TARGET_ENV = "TORCH_MLIR_EAGER_CUDA_TARGET"
+HIP_TARGET_ENV = "TORCH_MLIR_EAGER_HIP_TARGET"
+VULKAN_TARGET_ENV = "TORCH_MLIR_EAGER_VULKAN_TARGET"
+CPU_TARGET_ENV = "TORCH_MLIR_EAGER_CPU_TARGET"
+
+DEFAULT_MODE = "inprocess"
+_MODES = ("inprocess", "subprocess")
+
+# Diagnostics shown in an error message at most (the rest is counted).
+_MAX_DIAGNOSTICS = 40
+_MAX_MESSAGE_CHARS = 20000
+
+
+class IreeCompileError(RuntimeError):
+    """The IREE compiler rejected a module.
+
+    ``str(err)`` starts with the first error diagnostic (``<loc>: error: <message>``)
+    followed by the remaining diagnostics. Attributes: ``diagnostics`` (the compiler's
+    text), ``flags`` (the flags used), ``mode`` ("inprocess" or "subprocess"),
+    ``stage`` (e.g. "flags", "parse", "compile", "output", "subprocess").
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        diagnostics: str = "",
+        flags: Sequence[str] = (),
+        mode: str = "",
+        stage: str = "",
+    ):
+        super().__init__(message)
+        self.diagnostics = diagnostics
+        self.flags = list(flags)
+        self.mode = mode
+        self.stage = stage
+
+
+# ---------------------------------------------------------------------------------------
+# Flags
+
+
+def target_flags(driver: str) -> list[str]:
+    """Full iree-compile flags for code that will run on IREE runtime driver ``driver``.
+
+    driver: "local-sync" / "local-task" (llvm-cpu for the host CPU; override the CPU with
+    $TORCH_MLIR_EAGER_CPU_TARGET), "cuda" ($TORCH_MLIR_EAGER_CUDA_TARGET, default sm_80),
+    "hip" ($TORCH_MLIR_EAGER_HIP_TARGET, default gfx942), "vulkan"
+    ($TORCH_MLIR_EAGER_VULKAN_TARGET, IREE's default target if unset). A device URI such
+    as "cuda://0" is accepted (the part before "://" is used). Flags from
+    $TORCH_MLIR_EAGER_COMPILE_FLAGS (shlex-split) are appended last, so they can override.
+
+    The result is what to pass both to :func:`compile_to_vmfb` and to the disk cache key.
+    """
+    name = driver.split("://", 1)[0].strip().lower()
+    if name in ("local-sync", "local-task", "local", "llvm-cpu", "cpu"):
+        cpu = os.environ.get(CPU_TARGET_ENV, "").strip() or "host"
+        flags = [
+            "--iree-hal-target-device=local",
+            "--iree-hal-local-target-device-backends=llvm-cpu",
+            f"--iree-llvmcpu-target-cpu={cpu}",
+            # keep f64 as f64: PyTorch programs ask for it on purpose
+            "--iree-input-demote-f64-to-f32=false",
+        ]
+    elif name == "cuda":
+        target = os.environ.get(CUDA_TARGET_ENV, "").strip() or "sm_80"
+        flags = ["--iree-hal-target-device=cuda", f"--iree-cuda-target={target}"]
+    elif name in ("hip", "rocm"):
+        # IREE 3.13 spells the HIP/ROCm target flag --iree-rocm-target
+        # (--iree-hip-target is not accepted).
+        target = os.environ.get(HIP_TARGET_ENV, "").strip() or "gfx942"
+        flags = ["--iree-hal-target-device=hip", f"--iree-rocm-target={target}"]
+    elif name == "vulkan":
+        flags = ["--iree-hal-target-device=vulkan"]
+        target = os.environ.get(VULKAN_TARGET_ENV, "").strip()
+        if target:
+            flags.append(f"--iree-vulkan-target={target}")
+    else:
+        raise ValueError(
+            f"unknown IREE driver {driver!r}: expected local-sync, local-task, cuda, hip or vulkan"
+        )
+    flags.append("--iree-input-type=auto")
+    extra = os.environ.get(COMPILE_FLAGS_ENV, "").strip()
+    if extra:
+        flags.extend(shlex.split(extra))
+    return flags
+
+
+def compiler_mode() -> str:
+    """The compile mode in effect: $TORCH_MLIR_EAGER_COMPILER or the default."""
+    mode = os.environ.get(COMPILER_ENV, "").strip().lower() or DEFAULT_MODE
+    if mode in ("in-process", "in_process", "api"):
+        mode = "inprocess"
+    if mode not in _MODES:
+        raise ValueError(
+            f"${COMPILER_ENV}={mode!r}: expected one of {', '.join(_MODES)}"
+        )
+    return mode
+
+
+# ---------------------------------------------------------------------------------------
+# Compile
+
+
+def compile_to_vmfb(mlir_text: str, flags: Sequence[str], *, mode: str | None = None) -> bytes:
+    """Compile ``mlir_text`` with the full iree-compile ``flags``; return the .vmfb bytes.
+
+    ``mode`` ("inprocess" / "subprocess") overrides $TORCH_MLIR_EAGER_COMPILER.
+    Raises :class:`IreeCompileError` on any compiler failure (bad flag included).
+    Thread-safe; may be called from many threads at once.
+    """
+    mode = compiler_mode() if mode is None else mode
+    flags = [str(f) for f in flags]
+    if mode == "inprocess":
+        return _compile_inprocess(mlir_text, flags)
+    if mode == "subprocess":
+        return _compile_subprocess(mlir_text, flags)
+    raise ValueError(f"unknown compile mode {mode!r}: expected one of {', '.join(_MODES)}")
+
+
+def _format_error(prefix: str, diagnostics: Sequence[str]) -> str:
+    diags = [d.rstrip() for d in diagnostics if d and d.strip()]
+    if not diags:
+        return prefix
+    # Put the first error first, so the message's first line says what went wrong.
+    first = next((i for i, d in enumerate(diags) if ": error: " in d or d.startswith("error:")), 0)
+    ordered = [diags[first]] + diags[:first] + diags[first + 1 :]
+    shown = ordered[:_MAX_DIAGNOSTICS]
+    text = f"{prefix}: {shown[0]}"
+    if len(shown) > 1:
+        text += "\n" + "\n".join(shown[1:])
+    if len(ordered) > len(shown):
+        text += f"\n... ({len(ordered) - len(shown)} more diagnostics)"
+    if len(text) > _MAX_MESSAGE_CHARS:
+        text = text[:_MAX_MESSAGE_CHARS] + "\n... (truncated)"
+    return text
+
+
+# --- in-process (libIREECompiler through iree.compiler.api) ----------------------------
+
+_api_lock = threading.Lock()
+_api = None  # (Session, Source, Output, dylib, callback type)
+
+_SEVERITY = {0: "note", 1: "warning", 2: "error", 3: "remark"}
+
+_DiagCallback = ctypes.CFUNCTYPE(
+    None, ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p
+)
+
+
+def _load_api():
+    global _api
+    if _api is not None:
+        return _api
+    with _api_lock:
+        if _api is None:
+            from iree.compiler.api import Output, Session, Source
+            from iree.compiler.api import ctypes_dl
+
+            dylib = ctypes_dl._dylib
+            fn = dylib.ireeCompilerInvocationEnableCallbackDiagnostics
+            fn.restype = None
+            fn.argtypes = [ctypes.c_void_p, ctypes.c_int, _DiagCallback, ctypes.c_void_p]
+            _api = (Session, Source, Output, dylib)
+    return _api
+
+
+def _compile_inprocess(mlir_text: str, flags: list[str]) -> bytes:
+    Session, Source, Output, dylib = _load_api()
+    diagnostics: list[str] = []
+
+    def on_diagnostic(severity, message, size, _user_data):
+        # May run on a compiler worker thread; only append (list.append is atomic).
+        try:
+            text = ctypes.string_at(message, size).decode("utf-8", "replace")
+            sev = _SEVERITY.get(severity, str(severity))
+            # Messages look like "<loc>: <text>"; insert the severity as MLIR tools do.
+            loc, sep, rest = text.partition(": ")
+            if sep and (":" in loc or loc.startswith("loc(")):
+                diagnostics.append(f"{loc}: {sev}: {rest}")
+            else:
+                diagnostics.append(f"{sev}: {text}")
+        except Exception:  # never let an exception cross the C boundary
+            pass
+
+    callback = _DiagCallback(on_diagnostic)
+    # One session per compile: creating one costs < 1 ms, and a fresh MLIRContext
+    # does not accumulate memory across the thousands of kernels of a long run.
+    session = Session()
+    inv = source = output = None
+    try:
+        try:
+            session.set_flags(*flags)
+        except ValueError as e:
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+            lines = [ln for ln in lines if ln != "Error parsing flags:"] or [str(e)]
+            raise IreeCompileError(
+                _format_error("iree-compile: bad flags", lines),
+                diagnostics=str(e),
+                flags=flags,
+                mode="inprocess",
+                stage="flags",
+            ) from None
+        inv = session.invocation()
+        dylib.ireeCompilerInvocationEnableCallbackDiagnostics(inv._inv_p, 0, callback, None)
+        data = mlir_text.encode("utf-8") if isinstance(mlir_text, str) else bytes(mlir_text)
+        if not data.startswith(b"ML\xefR"):  # text: hand a NUL-terminated buffer
+            data += b"\0"
+        source = Source.wrap_buffer(session, data, buffer_name="kernel.mlir")
+        stage = "parse"
+        ok = inv.parse_source(source)
+        if ok:
+            stage = "compile"
+            ok = inv.execute()
+        if not ok:
+            raise IreeCompileError(
+                _format_error(f"iree-compile failed ({stage})", diagnostics),
+                diagnostics="\n".join(diagnostics),
+                flags=flags,
+                mode="inprocess",
+                stage=stage,
+            )
+        output = Output.open_membuffer()
+        try:
+            inv.output_vm_bytecode(output)
+        except ValueError as e:
+            raise IreeCompileError(
+                _format_error("iree-compile failed (output)", diagnostics + [str(e)]),
+                diagnostics="\n".join(diagnostics + [str(e)]),
+                flags=flags,
+                mode="inprocess",
+                stage="output",
+            ) from None
+        return bytes(output.map_memory())
+    finally:
+        # Close explicitly in dependency order (the wrappers' __del__ would too, but later).
+        if output is not None:
+            output.close()
+        if inv is not None:
+            inv.close()
+        if source is not None:
+            source.close()
+        session.close()
+        del callback  # kept alive until here: the invocation held a pointer to it
+
+
+# --- subprocess (iree-compile tool) -----------------------------------------------------
+
+_tool_path: str | None = None
+
+
+def _iree_compile_tool() -> str:
+    global _tool_path
+    if _tool_path is None:
+        from iree.compiler.tools.binaries import find_tool
+
+        _tool_path = find_tool("iree-compile")
+    return _tool_path
+
+
+def _compile_subprocess(mlir_text: str, flags: list[str]) -> bytes:
+    data = mlir_text.encode("utf-8") if isinstance(mlir_text, str) else bytes(mlir_text)
+    cmd = [_iree_compile_tool(), "-", *flags, "-o", "-"]
+    try:
+        proc = subprocess.run(cmd, input=data, capture_output=True, check=False)
+    except OSError as e:
+        raise IreeCompileError(
+            f"iree-compile could not be started: {e}", flags=flags, mode="subprocess",
+            stage="subprocess",
+        ) from e
+    if proc.returncode != 0 or not proc.stdout:
+        stderr = proc.stderr.decode("utf-8", "replace")
+        lines = [ln for ln in stderr.splitlines() if ln.strip()]
+        # Keep "<loc>: error: ..." lines first-class; drop the source-snippet lines that
+        # follow each diagnostic only when there are too many.
+        rc = proc.returncode
+        why = f"exit code {rc}" if rc >= 0 else f"killed by signal {-rc}"
+        raise IreeCompileError(
+            _format_error(f"iree-compile failed ({why})", lines or ["(no diagnostics)"]),
+            diagnostics=stderr,
+            flags=flags,
+            mode="subprocess",
+            stage="subprocess",
+        )
+    return proc.stdout
