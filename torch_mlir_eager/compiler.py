@@ -127,9 +127,12 @@ def make_body(recipe: Recipe, plan: OutputPlan):
 
     def body(*live):
         # zero-size inputs are not kernel arguments: they are made inside the graph
-        tensors = [torch.empty(s.shape, dtype=s.dtype) for s in recipe.specs]
+        tensors = [None] * len(recipe.specs)
         for i, t in zip(plan.live_inputs, live):
             tensors[i] = t
+        for i, s in enumerate(recipe.specs):
+            if tensors[i] is None:
+                tensors[i] = torch.empty(s.shape, dtype=s.dtype)
         args, kwargs = fill(recipe.template, tensors)
         results, written = functional_call(recipe.func, recipe.kind, args, kwargs)
         outs = []
@@ -235,10 +238,13 @@ def _build(recipe: Recipe) -> Kernel:
             dump.write("compile.log", "ok\nflags: " + " ".join(recipe.device.compile_flags) + "\n")
             return kernel
         except StepError as e:
-            if error is None or e.step != "import" or error.step not in ("compile", "lower"):
-                error = e
+            if error is None or _STEP_ORDER.get(e.step, 0) > _STEP_ORDER.get(error.step, 0):
+                error = e  # report the attempt that got furthest
             dump.write("error.txt", f"step: {e.step}\n{e.message}\n")
     raise error
+
+
+_STEP_ORDER = {"trace": 0, "decompose": 1, "functionalize": 1, "import": 2, "lower": 3, "compile": 4, "load": 5}
 
 
 def _compile(linalg_ir: str, device: Device, name: str):

@@ -390,18 +390,25 @@ def _share(src: TorchMLIRTensor) -> TorchMLIRTensor:
 
 
 def _is_plain_copy(src, kwargs, allowed):
+    """True when _to_copy(src, **kwargs) changes nothing but the tensor's identity."""
     if not src.is_dense():
         return False
     for k, v in kwargs.items():
-        if k == "dtype" and v in (None, src.dtype):
+        if v is None:
             continue
-        if k == "memory_format" and v in (None, torch.preserve_format, torch.contiguous_format):
-            continue
-        if k == "device" and v is not None and torch.device(v).type != DEVICE_TYPE:
-            return False
-        if k not in allowed and v is not None and k not in ("dtype", "memory_format", "pin_memory"):
-            return False
-        if k == "pin_memory" and v:
+        if k == "dtype":
+            if v != src.dtype:
+                return False
+        elif k == "memory_format":
+            if v not in (torch.preserve_format, torch.contiguous_format):
+                return False
+        elif k == "device":
+            if torch.device(v).type != DEVICE_TYPE:
+                return False
+        elif k == "pin_memory":
+            if v:
+                return False
+        elif k not in allowed:
             return False
     return True
 

@@ -21,6 +21,7 @@ Both functions here are thread-safe.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import shlex
 import subprocess
@@ -35,6 +36,8 @@ __all__ = [
     "COMPILER_ENV",
     "COMPILE_FLAGS_ENV",
 ]
+
+logger = logging.getLogger("torch_mlir_eager.iree_compile")
 
 COMPILER_ENV = "TORCH_MLIR_EAGER_COMPILER"
 COMPILE_FLAGS_ENV = "TORCH_MLIR_EAGER_COMPILE_FLAGS"
@@ -271,7 +274,10 @@ def _compile_inprocess(mlir_text: str, flags: list[str]) -> bytes:
                 mode="inprocess",
                 stage="output",
             ) from None
-        return bytes(output.map_memory())
+        vmfb = bytes(output.map_memory())
+        if diagnostics and logger.isEnabledFor(logging.DEBUG):
+            logger.debug("iree-compile diagnostics:\n%s", "\n".join(diagnostics))
+        return vmfb
     finally:
         # Close explicitly in dependency order (the wrappers' __del__ would too, but later).
         if output is not None:
@@ -322,4 +328,6 @@ def _compile_subprocess(mlir_text: str, flags: list[str]) -> bytes:
             mode="subprocess",
             stage="subprocess",
         )
+    if proc.stderr and logger.isEnabledFor(logging.DEBUG):
+        logger.debug("iree-compile diagnostics:\n%s", proc.stderr.decode("utf-8", "replace"))
     return proc.stdout

@@ -128,14 +128,20 @@ def torch_mlir_decompositions():
     return get_decomposition_table()
 
 
+@functools.lru_cache(maxsize=None)
+def _core_aten_decompositions():
+    from torch._decomp import core_aten_decompositions
+
+    return dict(core_aten_decompositions())
+
+
 def decompositions_for(func, aggressive: bool) -> dict:
-    """torch-mlir's table; `aggressive` adds PyTorch's own decomposition of `func` itself."""
+    """torch-mlir's table; `aggressive` adds PyTorch's core-ATen decomposition of `func` itself
+    (into core aten ops, never into prims, which torch-mlir does not lower)."""
     table = torch_mlir_decompositions()
     if not aggressive:
         return table
-    from torch._decomp import decomposition_table
-
-    extra = decomposition_table.get(func)
+    extra = _core_aten_decompositions().get(func)
     if extra is None:
         return table
     table = dict(table)
@@ -144,9 +150,7 @@ def decompositions_for(func, aggressive: bool) -> dict:
 
 
 def has_extra_decomposition(func) -> bool:
-    from torch._decomp import decomposition_table
-
-    return func in decomposition_table and func not in torch_mlir_decompositions()
+    return func in _core_aten_decompositions() and func not in torch_mlir_decompositions()
 
 
 def trace(body, specs, decompositions, functionalize: bool) -> torch.fx.GraphModule:

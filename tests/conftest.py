@@ -1,0 +1,25 @@
+import os
+import tempfile
+
+# Tests use a disk kernel cache of their own (shared by the test processes of one run), never
+# the user's ~/.cache, so that results do not depend on what ran before on this machine.
+os.environ.setdefault(
+    "TORCH_MLIR_EAGER_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"tme-test-cache-{os.getpid()}")
+)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import torch_mlir_eager  # noqa: E402
+
+
+@pytest.fixture
+def stats():
+    """Reset the counters; the test reads them with stats()."""
+    torch_mlir_eager.reset_stats()
+    return torch_mlir_eager.stats
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
