@@ -49,6 +49,24 @@ def synchronize_compiles() -> None:
     _sync()
 
 
+def _release_at_exit():
+    # Drop kernels and devices before the interpreter tears nanobind down, so that IREE objects
+    # are released in order (otherwise nanobind reports them as leaked at exit).
+    import gc
+
+    from . import device, dispatch
+
+    _CACHE.clear()
+    dispatch._view_cache.clear()
+    device._devices.clear()
+    gc.collect()
+
+
+import atexit as _atexit  # noqa: E402
+
+_atexit.register(_release_at_exit)
+
+
 def clear_kernel_cache() -> None:
     """Forget every in-memory kernel and remembered fallback of this process."""
     _CACHE.clear()

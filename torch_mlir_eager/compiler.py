@@ -82,12 +82,17 @@ def _tensor_leaves(values):
     return [v for v in tree_flatten(list(values))[0] if isinstance(v, torch.Tensor)]
 
 
+def _run_abstract(recipe: Recipe, device):
+    fakes = [torch.empty_strided(s.shape, s.stride, dtype=s.dtype, device=device) for s in recipe.specs]
+    args, kwargs = fill(recipe.template, fakes)
+    return fakes, args, kwargs, functional_call(recipe.func, recipe.kind, args, kwargs)
+
+
 def plan_outputs(recipe: Recipe) -> OutputPlan:
-    """Run the op on fake tensors with the inputs' real strides."""
+    """Run the op on fake CPU tensors with the inputs' real strides (not meta tensors: some
+    meta kernels disagree with the CPU ones on output shapes)."""
     with FakeTensorMode():
-        fakes = [torch.empty_strided(s.shape, s.stride, dtype=s.dtype) for s in recipe.specs]
-        args, kwargs = fill(recipe.template, fakes)
-        results, written = functional_call(recipe.func, recipe.kind, args, kwargs)
+        fakes, args, kwargs, (results, written) = _run_abstract(recipe, "cpu")
     leaves, tree = tree_flatten(results)
 
     def slot_of(t):
@@ -205,6 +210,9 @@ def _build(recipe: Recipe) -> Kernel:
         raise StepError("trace", f"{type(e).__name__}: {e}") from None
     if plan.num_outputs == 0:  # every result is zero-size: nothing to compute
         return Kernel.empty(recipe.device, recipe.name, plan)
+    kernel = _load_indexed(recipe, plan)
+    if kernel is not None:
+        return kernel
     functionalize = recipe.kind is not None and recipe.kind.kind == MUTATION
     attempts = [False]
     if isinstance(recipe.func, torch._ops.OpOverload) and lowering.has_extra_decomposition(recipe.func):
@@ -228,7 +236,8 @@ def _build(recipe: Recipe) -> Kernel:
             lowered = lowering.import_and_lower(gm)
             dump.write("torch.mlir", lowered.torch_ir)
             dump.write("linalg.mlir", lowered.linalg_ir)
-            vmfb, from_disk = _compile(lowered.linalg_ir, recipe.device, recipe.name)
+            vmfb, from_disk, entry = _compile(lowered.linalg_ir, recipe.device, recipe.name)
+            _index(recipe, entry)
             try:
                 kernel = Kernel(recipe.device, vmfb, recipe.name, len(plan.live_inputs), plan.num_outputs)
             except Exception as e:
@@ -261,7 +270,7 @@ def _compile(linalg_ir: str, device: Device, name: str):
             raise StepError(failure.get("step", "compile"), failure.get("message", "remembered failure"))
         blob = disk.get(entry)
         if blob is not None:
-            return blob, True
+            return blob, True, entry
     try:
         vmfb = iree_compile.compile_to_vmfb(linalg_ir, device.compile_flags)
     except iree_compile.IreeCompileError as e:
@@ -270,7 +279,69 @@ def _compile(linalg_ir: str, device: Device, name: str):
         raise StepError("compile", str(e)) from None
     if disk is not None:
         disk.put(entry, vmfb)
-    return vmfb, False
+    return vmfb, False, entry
+
+
+# The disk cache is keyed by the lowered module (what determines the binary). A second index,
+# keyed by the op key and this package's own source, maps straight to that entry, so that a new
+# process loads a known kernel without tracing and lowering it again.
+def _source_digest() -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    here = os.path.dirname(__file__)
+    for name in ("compiler.py", "lowering.py", "ops.py", "layout.py", "iree_compile.py"):
+        with open(os.path.join(here, name), "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()
+
+
+_SOURCE_DIGEST = None
+
+
+def _stable(x) -> str:
+    """A text for a key that is the same in every process."""
+    if isinstance(x, (tuple, list)):
+        return "(" + ",".join(_stable(v) for v in x) + ")"
+    if isinstance(x, type):
+        return x.__name__
+    if callable(x) and not isinstance(x, torch._ops.OpOverload) and hasattr(x, "__name__"):
+        return x.__name__
+    return str(x)
+
+
+def _index_key(recipe: Recipe):
+    global _SOURCE_DIGEST
+    if _SOURCE_DIGEST is None:
+        _SOURCE_DIGEST = _source_digest()
+    from .disk_cache import entry_key
+
+    return entry_key(f"op-index\n{_stable(recipe.key)}\n{_SOURCE_DIGEST}", recipe.device.compile_flags)
+
+
+def _index(recipe: Recipe, entry):
+    disk = _disk_cache()
+    if disk is not None and entry is not None and recipe.key is not None:
+        disk.put(_index_key(recipe), entry.encode())
+
+
+def _load_indexed(recipe: Recipe, plan: OutputPlan):
+    disk = _disk_cache()
+    if disk is None or recipe.key is None:
+        return None
+    entry = disk.get(_index_key(recipe))
+    if entry is None:
+        return None
+    vmfb = disk.get(entry.decode())
+    if vmfb is None:
+        return None
+    try:
+        kernel = Kernel(recipe.device, vmfb, recipe.name, len(plan.live_inputs), plan.num_outputs)
+    except Exception:
+        return None
+    kernel.plan = plan
+    kernel.from_disk = True
+    return kernel
 
 
 _disk = None

@@ -23,7 +23,9 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import re
 import shlex
+import signal
 import subprocess
 import threading
 from typing import Sequence
@@ -60,7 +62,10 @@ class IreeCompileError(RuntimeError):
     ``str(err)`` starts with the first error diagnostic (``<loc>: error: <message>``)
     followed by the remaining diagnostics. Attributes: ``diagnostics`` (the compiler's
     text), ``flags`` (the flags used), ``mode`` ("inprocess" or "subprocess"),
-    ``stage`` (e.g. "flags", "parse", "compile", "output", "subprocess").
+    ``stage`` ("flags", "parse", "compile", "output", "crash" or "start"),
+    ``transient`` (True when the failure says nothing about the module: the compiler
+    process could not start or was killed from outside, e.g. by the OOM killer; such a
+    failure should not be remembered in the disk cache).
     """
 
     def __init__(
@@ -71,8 +76,10 @@ class IreeCompileError(RuntimeError):
         flags: Sequence[str] = (),
         mode: str = "",
         stage: str = "",
+        transient: bool = False,
     ):
         super().__init__(message)
+        self.transient = transient
         self.diagnostics = diagnostics
         self.flags = list(flags)
         self.mode = mode
@@ -182,7 +189,7 @@ def _format_error(prefix: str, diagnostics: Sequence[str]) -> str:
 # --- in-process (libIREECompiler through iree.compiler.api) ----------------------------
 
 _api_lock = threading.Lock()
-_api = None  # (Session, Source, Output, dylib, callback type)
+_api = None  # (Session, Source, Output, dylib)
 
 _SEVERITY = {0: "note", 1: "warning", 2: "error", 3: "remark"}
 
@@ -304,6 +311,13 @@ def _iree_compile_tool() -> str:
     return _tool_path
 
 
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
 def _compile_subprocess(mlir_text: str, flags: list[str]) -> bytes:
     data = mlir_text.encode("utf-8") if isinstance(mlir_text, str) else bytes(mlir_text)
     cmd = [_iree_compile_tool(), "-", *flags, "-o", "-"]
@@ -312,21 +326,27 @@ def _compile_subprocess(mlir_text: str, flags: list[str]) -> bytes:
     except OSError as e:
         raise IreeCompileError(
             f"iree-compile could not be started: {e}", flags=flags, mode="subprocess",
-            stage="subprocess",
+            stage="start", transient=True,
         ) from e
     if proc.returncode != 0 or not proc.stdout:
         stderr = proc.stderr.decode("utf-8", "replace")
         lines = [ln for ln in stderr.splitlines() if ln.strip()]
-        # Keep "<loc>: error: ..." lines first-class; drop the source-snippet lines that
-        # follow each diagnostic only when there are too many.
         rc = proc.returncode
-        why = f"exit code {rc}" if rc >= 0 else f"killed by signal {-rc}"
+        why = f"exit code {rc}" if rc >= 0 else f"killed by {_signal_name(-rc)}"
+        if rc < 0:
+            # Name the pass that crashed (from LLVM's stack trace) on the first line.
+            m = re.search(r"(\w+Pass)::runOnOperation", stderr)
+            why = f"crashed: {_signal_name(-rc)}" + (f" in {m.group(1)}" if m else "")
+        # A crash (SIGSEGV, SIGABRT, ...) is the compiler's answer to this module; a kill
+        # from outside (SIGKILL from the OOM killer, SIGTERM, SIGINT) is not.
+        killed = rc < 0 and -rc in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
         raise IreeCompileError(
             _format_error(f"iree-compile failed ({why})", lines or ["(no diagnostics)"]),
             diagnostics=stderr,
             flags=flags,
             mode="subprocess",
-            stage="subprocess",
+            stage="crash" if rc < 0 else "compile",
+            transient=killed,
         )
     if proc.stderr and logger.isEnabledFor(logging.DEBUG):
         logger.debug("iree-compile diagnostics:\n%s", proc.stderr.decode("utf-8", "replace"))
