@@ -274,7 +274,7 @@ def _compile(linalg_ir: str, device: Device, name: str):
     try:
         vmfb = iree_compile.compile_to_vmfb(linalg_ir, device.compile_flags)
     except iree_compile.IreeCompileError as e:
-        if disk is not None:
+        if disk is not None and not getattr(e, "transient", False):
             disk.put_failure(entry, "compile", first_line(str(e)))
         raise StepError("compile", str(e)) from None
     if disk is not None:
@@ -322,17 +322,17 @@ def _index_key(recipe: Recipe):
 def _index(recipe: Recipe, entry):
     disk = _disk_cache()
     if disk is not None and entry is not None and recipe.key is not None:
-        disk.put(_index_key(recipe), entry.encode())
+        disk.put_index(_index_key(recipe), entry)
 
 
 def _load_indexed(recipe: Recipe, plan: OutputPlan):
     disk = _disk_cache()
     if disk is None or recipe.key is None:
         return None
-    entry = disk.get(_index_key(recipe))
+    entry = disk.get_index(_index_key(recipe))
     if entry is None:
         return None
-    vmfb = disk.get(entry.decode())
+    vmfb = disk.get(entry)
     if vmfb is None:
         return None
     try:
