@@ -60,6 +60,14 @@ def _release_at_exit():
     dispatch._view_cache.clear()
     device._devices.clear()
     gc.collect()
+    # Tensors the program still holds at exit keep IREE buffers alive until the interpreter
+    # tears down; that is not a leak, so silence nanobind's exit-time report of them.
+    try:
+        from iree._runtime_libs import _runtime
+
+        _runtime.disable_leak_checker()
+    except Exception:
+        pass
 
 
 import atexit as _atexit  # noqa: E402
