@@ -91,7 +91,7 @@ def _run_abstract(recipe: Recipe, device):
 def plan_outputs(recipe: Recipe) -> OutputPlan:
     """Run the op on fake CPU tensors with the inputs' real strides (not meta tensors: some
     meta kernels disagree with the CPU ones on output shapes)."""
-    with FakeTensorMode():
+    with lowering.TRACE_LOCK, FakeTensorMode():
         fakes, args, kwargs, (results, written) = _run_abstract(recipe, "cpu")
     leaves, tree = tree_flatten(results)
 

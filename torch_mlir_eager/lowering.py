@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -160,6 +161,16 @@ def trace(body, specs, decompositions, functionalize: bool) -> torch.fx.GraphMod
     functionalization); the trailing copies back into the inputs are dropped, because `body`
     returns the new values and the caller writes them into the storages.
     """
+    with TRACE_LOCK:
+        return _trace(body, specs, decompositions, functionalize)
+
+
+# make_fx and fake-tensor tracing keep global state (the FX patcher): trace one graph at a time.
+# Compiles (the expensive part) still run in parallel.
+TRACE_LOCK = threading.RLock()
+
+
+def _trace(body, specs, decompositions, functionalize: bool) -> torch.fx.GraphModule:
     fn = body
     if functionalize:
         fn = torch.func.functionalize(body, remove="mutations_and_views")
