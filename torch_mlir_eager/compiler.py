@@ -13,6 +13,7 @@ Any failure becomes `Fallback(step, first line of the error)`, logged once per o
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -59,6 +60,10 @@ class OutputPlan:
     live_inputs: list = field(default_factory=list)  # inputs passed to the kernel (not zero-size)
     live_outputs: list = field(default_factory=list)  # fresh results the kernel returns (not zero-size)
     live_writes: list = field(default_factory=list)  # writes the kernel returns, after live_outputs
+
+    @functools.cached_property
+    def single_fresh(self) -> bool:
+        return self.leaves == [("out", 0)] and self.tree.num_leaves == 1 and self.tree.is_leaf()
 
     @property
     def num_outputs(self):

@@ -71,76 +71,101 @@ def record(op_name: str, outcome):
 
 # ---- the key ----------------------------------------------------------------------------------
 class OpCall:
-    """An op call abstracted: its key, its device tensor inputs, and the argument template."""
+    """An op call abstracted: its key, its device tensor inputs (the kernel's inputs, in slot
+    order), and, built only on a miss, the argument template."""
 
-    __slots__ = ("func", "kind", "key", "tensors", "template", "device")
+    __slots__ = ("func", "kind", "key", "tensors", "device", "args", "kwargs")
 
-    def __init__(self, func, kind, key, tensors, template, device):
-        self.func, self.kind, self.key = func, kind, key
-        self.tensors, self.template, self.device = tensors, template, device
+    def __init__(self, func, kind, key, tensors, device, args, kwargs):
+        self.func, self.kind, self.key, self.tensors, self.device = func, kind, key, tensors, device
+        self.args, self.kwargs = args, kwargs
+
+    def template(self):
+        """(args, kwargs) with each tensor replaced by its Slot, in the same order as the key."""
+        slots: dict = {}
+
+        def visit(x):
+            if isinstance(x, torch.Tensor):
+                if id(x) not in slots:
+                    slots[id(x)] = len(slots)
+                return Slot(slots[id(x)])
+            if isinstance(x, (list, tuple)):
+                return type(x)(visit(v) for v in x)
+            if isinstance(x, torch.device) and x.type == DEVICE_TYPE:
+                return torch.device("cpu")
+            return x
+
+        t_args = tuple(visit(a) for a in self.args)
+        t_kwargs = {name: visit(self.kwargs[name]) for name in sorted(self.kwargs)}
+        return t_args, t_kwargs
 
     def recipe(self) -> compiler.Recipe:
         specs = [TensorSpec(tuple(t.shape), tuple(t.stride()), t.dtype) for t in self.tensors]
-        return compiler.Recipe(self.kind.name, self.func, self.kind, self.template, specs, self.device, self.key)
+        return compiler.Recipe(self.kind.name, self.func, self.kind, self.template(), specs, self.device, self.key)
 
 
 def abstract(func, kind, args, kwargs) -> OpCall:
-    """Key and template of a call. Tensors: dtype, shape, strides; scalars: type and value."""
+    """The key of a call and its tensor inputs. Tensors: dtype, shape, strides; scalars: type
+    and value; lists: their length. Nothing is built here: this runs on every call."""
     tensors: list = []
     slots: dict = {}
     key: list = [func]
-    cpu_scalars: list = []
+    cpu_scalars = None
 
     def visit(x):
+        nonlocal cpu_scalars
         if isinstance(x, TorchMLIRTensor):
             slot = slots.get(id(x))
             if slot is None:
-                slot = slots[id(x)] = len(tensors)
+                slots[id(x)] = len(tensors)
                 tensors.append(x)
-                key.append((x.dtype, x.shape, x.stride()))
+                key.append(x._spec)
             else:
                 key.append(("same", slot))
-            return Slot(slot)
-        if isinstance(x, (list, tuple)):
+        elif isinstance(x, (list, tuple)):
             key.append((type(x), len(x)))
-            return type(x)(visit(v) for v in x)
-        if isinstance(x, torch.Tensor):
+            for v in x:
+                visit(v)
+        elif isinstance(x, torch.Tensor):
             if x.dim() != 0 or x.device.type != "cpu":
                 raise RuntimeError(
                     f"Expected all tensors to be on the same device, but found at least two "
                     f"devices, {DEVICE_TYPE}:0 and {x.device}! ({kind.name}; only 0-dim CPU "
                     f"tensors may be mixed with TorchMLIRTensors)"
                 )
-            cpu_scalars.append((len(tensors), x))
-            slot = len(tensors)
+            slots[id(x)] = len(tensors)
+            cpu_scalars = (cpu_scalars or []) + [len(tensors)]
             tensors.append(x)
             key.append((x.dtype, (), ()))
-            return Slot(slot)
-        if isinstance(x, float):
+        elif isinstance(x, float):
             key.append((float, x.hex()))
         elif isinstance(x, torch.device) and x.type == DEVICE_TYPE:
             key.append(DEVICE_TYPE)
-            return torch.device("cpu")
         else:
             key.append((type(x), x))
-        return x
 
-    t_args = tuple(visit(a) for a in args)
-    t_kwargs = {}
-    for name in sorted(kwargs):
-        key.append(name)
-        t_kwargs[name] = visit(kwargs[name])
-    device = next((t._storage_ref.device for t in tensors if isinstance(t, TorchMLIRTensor)), None)
+    for a in args:
+        visit(a)
+    if kwargs:
+        for name in sorted(kwargs):
+            key.append(name)
+            visit(kwargs[name])
+    device = None
     for t in tensors:
-        if isinstance(t, TorchMLIRTensor) and t._storage_ref.device is not device:
-            raise RuntimeError(
-                f"Expected all tensors to be on the same IREE device, but found "
-                f"{device.driver} and {t._storage_ref.device.driver} ({kind.name})"
-            )
-    for slot, x in cpu_scalars:  # 0-dim CPU tensors join the op as device inputs
-        tensors[slot] = TorchMLIRTensor(x, device=device.driver)
+        if isinstance(t, TorchMLIRTensor):
+            d = t._storage_ref.device
+            if device is None:
+                device = d
+            elif d is not device:
+                raise RuntimeError(
+                    f"Expected all tensors to be on the same IREE device, but found "
+                    f"{device.driver} and {d.driver} ({kind.name})"
+                )
+    if cpu_scalars:  # 0-dim CPU tensors join the op as device inputs
+        for slot in cpu_scalars:
+            tensors[slot] = TorchMLIRTensor(tensors[slot], device=device.driver)
     key.append(device.driver)
-    return OpCall(func, kind, tuple(key), tensors, (t_args, t_kwargs), device)
+    return OpCall(func, kind, tuple(key), tensors, device, args, kwargs)
 
 
 # ---- the cache --------------------------------------------------------------------------------
@@ -218,6 +243,8 @@ def run_kernel(kernel: Kernel, call: OpCall):
     ]
     for slot in plan.live_writes:
         write(tensors[slot], next(outs))
+    if plan.single_fresh:  # the common case: one fresh tensor
+        return fresh[0]
     leaves = [
         fresh[v] if how == "out" else call.tensors[v] if how == "arg" else v
         for how, v in plan.leaves
@@ -229,8 +256,8 @@ def dense_buffer(t: TorchMLIRTensor):
     """The tensor's values as a dense device buffer of its shape: the storage itself when the
     tensor is its whole storage, else a compiled gather."""
     storage = t._storage_ref
-    if t.is_dense():
-        return storage.shaped(tuple(t.shape))
+    if t._dense:
+        return storage.shaped(t._spec[1])
     size, stride, offset = tuple(t.shape), tuple(t.stride()), t.storage_offset()
     return run_layout_kernel(layout.gather_op(size, stride, offset), storage, [storage.shaped((storage.numel,))])
 
@@ -238,7 +265,7 @@ def dense_buffer(t: TorchMLIRTensor):
 def write(dst: TorchMLIRTensor, value):
     """Make `value` (a dense buffer of dst's shape) dst's contents, seen by all its aliases."""
     storage = dst._storage_ref
-    if dst.is_dense():
+    if dst._dense:
         storage.replace(value)
         return
     size, stride, offset = tuple(dst.shape), tuple(dst.stride()), dst.storage_offset()

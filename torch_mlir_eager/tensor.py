@@ -76,6 +76,16 @@ def _contiguous_strides(shape) -> tuple:
     return tuple(reversed(strides))
 
 
+_dispatch_module = None
+
+
+def _dispatch(func, args, kwargs):
+    global _dispatch_module
+    if _dispatch_module is None:
+        from . import dispatch as _dispatch_module
+    return _dispatch_module.dispatch(func, args, kwargs)
+
+
 class TorchMLIRTensor(torch.Tensor):
     """A tensor on an IREE device. `TorchMLIRTensor(x, device="local-sync")` copies `x` there."""
 
@@ -115,6 +125,13 @@ class TorchMLIRTensor(torch.Tensor):
             requires_grad=requires_grad,
         )
         t._storage_ref = storage
+        size, stride = tuple(size), tuple(stride)
+        # metadata never changes for a tensor object: compute what the hot path asks once
+        t._spec = (storage.dtype, size, stride)
+        numel = 1
+        for s in size:
+            numel *= s
+        t._dense = offset == 0 and numel == storage.numel and (numel <= 1 or stride == _contiguous_strides(size))
         return t
 
     @classmethod
@@ -134,11 +151,7 @@ class TorchMLIRTensor(torch.Tensor):
 
     def is_dense(self) -> bool:
         """True when the tensor is exactly its whole storage in row-major order."""
-        return (
-            self.storage_offset() == 0
-            and self._storage_ref.numel == self.numel()
-            and self.is_contiguous()
-        )
+        return self._dense
 
     def _host(self) -> torch.Tensor:
         """A CPU tensor with the same values, sizes and strides (a copy)."""
@@ -148,9 +161,7 @@ class TorchMLIRTensor(torch.Tensor):
     # ---- dispatch --------------------------------------------------------------------------
     @classmethod
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
-        from .dispatch import dispatch
-
-        return dispatch(func, args, kwargs or {})
+        return _dispatch(func, args, kwargs or {})
 
     def __repr__(self, *, tensor_contents=None):
         host = self._host()
