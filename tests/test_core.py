@@ -464,3 +464,27 @@ def test_dump_dir_writes_modules_and_a_reproducer(tmp_path, monkeypatch):
     out = subprocess.run([sys.executable, "repro.py"], cwd=folder, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "compiled 1" in out.stdout and "max abs error" in out.stdout
+
+
+# ---- device buffers are values ---------------------------------------------------------------
+def test_kernels_never_write_into_their_inputs(stats):
+    """IREE may update a function argument that an op uses as its destination in place
+    (iree-org/iree#16168): inputs, and tensors sharing their buffers, must not change."""
+    x, v = torch.randn(6, 4), torch.randn(2, 4)
+    idx = torch.tensor([1, 4])
+    a = dev(x)
+    keep = a.clone()  # shares a's device buffer
+    r1 = torch.index_put(a, (dev(idx),), dev(v))
+    r2 = torch.sort(a, dim=1)
+    r3 = torch.scatter(a, 0, dev(torch.tensor([[0, 1, 2, 3]])), dev(v[:1]))
+    r4 = torch.slice_scatter(a, dev(v), dim=0, start=2, end=4)
+    assert_same(r1, torch.index_put(x, (idx,), v))
+    assert_same(r2, torch.sort(x, dim=1))
+    assert_same(r3, torch.scatter(x, 0, torch.tensor([[0, 1, 2, 3]]), v[:1]))
+    assert_same(r4, torch.slice_scatter(x, v, dim=0, start=2, end=4))
+    a[1].mul_(10)  # a scatter into a's storage: the clone keeps its values
+    assert_same(keep, x)
+    want = x.clone()
+    want[1].mul_(10)
+    assert_same(a, want)
+    assert stats()["fallback_calls"] == 0, stats()["fallbacks"]

@@ -242,13 +242,15 @@ def _build(recipe: Recipe) -> Kernel:
             dump.write("torch.mlir", lowered.torch_ir)
             dump.write("linalg.mlir", lowered.linalg_ir)
             vmfb, from_disk, entry = _compile(lowered.linalg_ir, recipe.device, recipe.name)
-            _index(recipe, entry)
+            copy_inputs = tuple(sorted(lowering.written_arguments(lowered.linalg_ir)))
+            _index(recipe, entry, copy_inputs)
             try:
                 kernel = Kernel(recipe.device, vmfb, recipe.name, len(plan.live_inputs), plan.num_outputs)
             except Exception as e:
                 raise StepError("load", f"{type(e).__name__}: {e}") from None
             kernel.plan = plan
             kernel.from_disk = from_disk
+            kernel.copy_inputs = copy_inputs
             dump.write("compile.log", "ok\nflags: " + " ".join(recipe.device.compile_flags) + "\n")
             return kernel
         except StepError as e:
@@ -324,19 +326,21 @@ def _index_key(recipe: Recipe):
     return entry_key(f"op-index\n{_stable(recipe.key)}\n{_SOURCE_DIGEST}", recipe.device.compile_flags)
 
 
-def _index(recipe: Recipe, entry):
+def _index(recipe: Recipe, entry, copy_inputs):
     disk = _disk_cache()
     if disk is not None and entry is not None and recipe.key is not None:
-        disk.put_index(_index_key(recipe), entry)
+        mask = sum(1 << i for i in copy_inputs)  # the kernel's copy_inputs ride after the key
+        disk.put_index(_index_key(recipe), entry + format(mask, "x"))
 
 
 def _load_indexed(recipe: Recipe, plan: OutputPlan):
     disk = _disk_cache()
     if disk is None or recipe.key is None:
         return None
-    entry = disk.get_index(_index_key(recipe))
-    if entry is None:
+    record = disk.get_index(_index_key(recipe))
+    if record is None or len(record) <= 64:
         return None
+    entry, mask = record[:64], int(record[64:], 16)
     vmfb = disk.get(entry)
     if vmfb is None:
         return None
@@ -346,6 +350,7 @@ def _load_indexed(recipe: Recipe, plan: OutputPlan):
         return None
     kernel.plan = plan
     kernel.from_disk = True
+    kernel.copy_inputs = tuple(i for i in range(len(plan.live_inputs)) if mask >> i & 1)
     return kernel
 
 

@@ -113,6 +113,21 @@ class Device:
         )
         return rt.HalBufferView(buffer, list(shape), etype)
 
+    def copy(self, bv: rt.HalBufferView) -> rt.HalBufferView:
+        """A new device buffer with the same bytes, shape and element type."""
+        nbytes = bv.byte_length
+        if self._host_visible:
+            raw = bv.map().asarray([nbytes], np.dtype(np.uint8))
+        else:
+            raw = rt.DeviceArray(self.hal, bv, implicit_host_transfer=True).to_host().view(np.uint8).reshape(-1)
+        buffer = self.hal.allocator.allocate_buffer_copy(
+            memory_type=rt.MemoryType.DEVICE_LOCAL,
+            allowed_usage=rt.BufferUsage.DEFAULT,
+            device=self.hal,
+            buffer=raw,
+        )
+        return rt.HalBufferView(buffer, list(bv.shape), bv.element_type)
+
     @staticmethod
     def reshape(bv: rt.HalBufferView, shape) -> rt.HalBufferView:
         """The same bytes under another shape (no copy)."""

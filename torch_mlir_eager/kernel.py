@@ -26,6 +26,9 @@ class Kernel:
         self.num_inputs = num_inputs
         self.plan = None  # compiler.OutputPlan: how results map back to the op's results
         self.from_disk = False
+        # inputs the compiled code may update in place (see lowering.written_arguments): they are
+        # passed as copies, because device buffers are values shared by many tensors
+        self.copy_inputs = ()
         self.vmfb = vmfb
         self.validated = False
         module = rt.VmModule.copy_buffer(device.instance, vmfb)
@@ -40,6 +43,7 @@ class Kernel:
         k = cls.__new__(cls)
         k.device, k.name, k.num_inputs, k._num_outputs = device, name, 0, 0
         k.plan, k.from_disk, k.validated, k.launches = plan, False, True, False
+        k.copy_inputs = ()
         return k
 
     launches = True  # False for Kernel.empty
@@ -47,6 +51,10 @@ class Kernel:
     def __call__(self, buffers) -> list:
         if not self.launches:
             return []
+        if self.copy_inputs:
+            buffers = list(buffers)
+            for i in self.copy_inputs:
+                buffers[i] = self.device.copy(buffers[i])
         args = rt.VmVariantList(len(buffers))
         for b in buffers:
             args.push_ref(b)

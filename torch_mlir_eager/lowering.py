@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 import threading
 from dataclasses import dataclass
 
@@ -251,3 +252,17 @@ def import_and_lower(gm: torch.fx.GraphModule) -> LoweredModule:
 
 def _diag(diagnostics):
     return ("\n" + "\n".join(diagnostics)) if diagnostics else ""
+
+
+_WRITES_ARG = re.compile(r"(?:outs\(|\binto\s+)%arg(\d+)\b")
+_OUTS_LIST = re.compile(r"outs\(([^:)]*)")
+
+
+def written_arguments(linalg_ir: str) -> frozenset:
+    """Function arguments that an op of the lowered module uses as its destination (`outs(...)`,
+    `... into %argN`). IREE may then update the caller's buffer in place (iree-org/iree#16168),
+    so the kernel gets a copy of those inputs."""
+    found = {int(n) for n in _WRITES_ARG.findall(linalg_ir)}
+    for outs in _OUTS_LIST.findall(linalg_ir):
+        found.update(int(n) for n in re.findall(r"%arg(\d+)\b", outs))
+    return frozenset(found)
