@@ -488,3 +488,12 @@ def test_kernels_never_write_into_their_inputs(stats):
     want[1].mul_(10)
     assert_same(a, want)
     assert stats()["fallback_calls"] == 0, stats()["fallbacks"]
+
+
+def test_compiler_crash_is_a_fallback_not_a_crash(stats):
+    # IREE 3.13's compiler dies (SIGFPE) on a matmul with a zero-length contraction; the
+    # default subprocess compile mode turns that into a compile failure and a correct fallback.
+    got = torch.mm(dev(torch.randn(5, 0)), dev(torch.randn(0, 4)))
+    assert_same(got, torch.zeros(5, 4))
+    s = stats()
+    assert s["fallback_calls"] == 1 and s["fallbacks"]["aten.mm.default"]["step"] == "compile", s
