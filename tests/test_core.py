@@ -497,3 +497,37 @@ def test_compiler_crash_is_a_fallback_not_a_crash(stats):
     assert_same(got, torch.zeros(5, 4))
     s = stats()
     assert s["fallback_calls"] == 1 and s["fallbacks"]["aten.mm.default"]["step"] == "compile", s
+
+
+def test_in_place_view_ops_and_resizing_outputs(stats):
+    x, w = torch.randn(5), torch.randn(5, 3)
+    assert_same(torch.matmul(dev(x), dev(w)), x @ w)  # matmul squeezes its result in place
+    a = dev(torch.randn(2, 1, 3))
+    want = a._host().clone()
+    a.squeeze_(1)
+    want.squeeze_(1)
+    assert a.shape == want.shape and a.stride() == want.stride()
+    a.t_()
+    want.t_()
+    assert_same(a, want)
+    out = dev(torch.empty(0))
+    r = torch.add(dev(x), 1, out=out)  # out= of the wrong size is resized, as PyTorch does
+    assert r is out
+    assert_same(out, x + 1)
+    b = dev(torch.arange(6.0))
+    b.resize_(2, 2)
+    assert_same(b, torch.arange(4.0).view(2, 2))
+    assert stats()["fallback_calls"] == 0, stats()["fallbacks"]
+
+
+def test_tensors_made_below_dispatch_and_device_rng():
+    t = torch.tensor([1.0, 2.0], device="iree")  # reaches the device through _copy_from
+    assert isinstance(t, TorchMLIRTensor) and torch.equal(t._host(), torch.tensor([1.0, 2.0]))
+    with torch.random.fork_rng(device_type="iree"):  # the device module has RNG state
+        r = torch.rand_like(t)
+    assert r.shape == t.shape
+
+
+def test_unsupported_dtype_is_a_clear_error():
+    with pytest.raises(TypeError, match="not supported"):
+        TorchMLIRTensor(torch.ones(2, dtype=torch.uint64))

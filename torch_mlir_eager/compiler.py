@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import threading
 import time
@@ -60,6 +61,7 @@ class OutputPlan:
     live_inputs: list = field(default_factory=list)  # inputs passed to the kernel (not zero-size)
     live_outputs: list = field(default_factory=list)  # fresh results the kernel returns (not zero-size)
     live_writes: list = field(default_factory=list)  # writes the kernel returns, after live_outputs
+    live_write_shapes: list = field(default_factory=list)  # their shapes (out= may resize)
 
     @functools.cached_property
     def single_fresh(self) -> bool:
@@ -112,7 +114,7 @@ def plan_outputs(recipe: Recipe) -> OutputPlan:
         else:
             plan_leaves.append(("out", len(out_specs)))
             out_specs.append(output_spec(leaf))
-    writes = []
+    writes, write_shapes = [], []
     if written:
         bound = dict(zip(recipe.kind.arg_names, args))
         bound.update(kwargs)
@@ -123,12 +125,14 @@ def plan_outputs(recipe: Recipe) -> OutputPlan:
                 if slot_of(target) is None:
                     raise StepError("trace", f"written argument {name} is not a device tensor")
                 writes.append(slot_of(target))
+                write_shapes.append(tuple(target.shape))
     specs = recipe.specs
     return OutputPlan(
         plan_leaves, tree, out_specs, writes,
         live_inputs=[i for i, s in enumerate(specs) if s.numel > 0],
         live_outputs=[i for i, s in enumerate(out_specs) if s.numel > 0],
-        live_writes=[slot for slot in writes if specs[slot].numel > 0],
+        live_writes=[slot for slot, shape in zip(writes, write_shapes) if math.prod(shape) > 0],
+        live_write_shapes=[shape for shape in write_shapes if math.prod(shape) > 0],
     )
 
 

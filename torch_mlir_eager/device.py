@@ -76,7 +76,7 @@ class Device:
         t = t.detach()
         if not t.is_contiguous():
             t = t.contiguous()
-        etype, _ = _ELEMENT_TYPES[t.dtype]
+        etype = element_type(t.dtype)
         if t.dtype in _BIT_CAST:
             t = t.view(_BIT_CAST[t.dtype])
         return self.hal.allocator.allocate_buffer_copy(

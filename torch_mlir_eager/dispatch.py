@@ -40,6 +40,8 @@ COMPILING = Fallback("compiling", "kernel is compiling in the background")
 def dispatch(func, args, kwargs):
     kind = classify(func)
     special = _SPECIAL.get(func)
+    if special is None and kind.inplace_view:
+        special = _inplace_view
     if special is not None:
         result, outcome = special(func, kind, args, kwargs)
     elif kind.kind == VIEW:
@@ -241,8 +243,11 @@ def run_kernel(kernel: Kernel, call: OpCall):
         TorchMLIRTensor._from_buffer(device, spec.dtype, next(outs) if spec.numel else None, spec.shape, spec.stride)
         for spec in plan.out_specs
     ]
-    for slot in plan.live_writes:
-        write(tensors[slot], next(outs))
+    for slot, shape in zip(plan.live_writes, plan.live_write_shapes):
+        dst = tensors[slot]
+        if dst._spec[1] != shape:  # out= tensors are resized to the result, as PyTorch does
+            dst._resize(shape)
+        write(dst, next(outs))
     if plan.single_fresh:  # the common case: one fresh tensor
         return fresh[0]
     leaves = [
@@ -256,7 +261,7 @@ def dense_buffer(t: TorchMLIRTensor):
     """The tensor's values as a dense device buffer of its shape: the storage itself when the
     tensor is its whole storage, else a compiled gather."""
     storage = t._storage_ref
-    if t._dense:
+    if t._dense and t._numel == storage.numel:
         return storage.shaped(t._spec[1])
     size, stride, offset = tuple(t.shape), tuple(t.stride()), t.storage_offset()
     return run_layout_kernel(layout.gather_op(size, stride, offset), storage, [storage.shaped((storage.numel,))])
@@ -265,7 +270,7 @@ def dense_buffer(t: TorchMLIRTensor):
 def write(dst: TorchMLIRTensor, value):
     """Make `value` (a dense buffer of dst's shape) dst's contents, seen by all its aliases."""
     storage = dst._storage_ref
-    if dst._dense:
+    if dst._dense and dst._numel == storage.numel:
         storage.replace(value)
         return
     size, stride, offset = tuple(dst.shape), tuple(dst.stride()), dst.storage_offset()
@@ -463,12 +468,23 @@ def _copy_(func, kind, args, kwargs):
 
 
 def _resize_(func, kind, args, kwargs):
-    t, size = args[0], args[1]
-    if tuple(size) == tuple(t.shape):
+    t, size = args[0], tuple(args[1])
+    if size == tuple(t.shape):
         return t, METADATA
-    raise RuntimeError(
-        f"torch_mlir_eager: cannot resize a TorchMLIRTensor from {list(t.shape)} to {list(size)}"
-    )
+    grows = t.storage_offset() + math.prod(size) > t._storage_ref.numel
+    t._resize(size)
+    if grows:  # the storage was copied through the host to grow it
+        return t, Fallback("transfer", "resize_ grew the storage through the host")
+    return t, METADATA
+
+
+def _inplace_view(func, kind, args, kwargs):
+    """squeeze_, unsqueeze_, t_, transpose_, as_strided_, ...: new metadata for `self` itself."""
+    t = args[0]
+    meta = _meta(t)
+    func(meta, *[_meta(a) for a in args[1:]], **kwargs)
+    t._set_metadata(tuple(meta.shape), tuple(meta.stride()), meta.storage_offset())
+    return t, METADATA
 
 
 def _set_(func, kind, args, kwargs):

@@ -59,12 +59,12 @@ class HostCopies:
                 original = self.originals.get(id(host))
                 if original is None:
                     continue
-                if tuple(host.shape) != tuple(original.shape):
-                    raise RuntimeError(
-                        f"torch_mlir_eager: the op resized an output from {list(original.shape)} to "
-                        f"{list(host.shape)}; TorchMLIRTensor cannot be resized in place. Pass an "
-                        f"out= tensor of the result's shape."
-                    )
+                if tuple(host.shape) != tuple(original.shape):  # out= resized, as PyTorch does
+                    from .tensor import _copy_from_iree
+
+                    original._resize(tuple(host.shape))
+                    _copy_from_iree(host, original)
+                    continue
                 storage = original._storage_ref
                 if id(storage) in done:
                     continue

@@ -28,6 +28,7 @@ class OpKind:
     written: tuple = ()  # MUTATION: names of the written arguments, in schema order
     returns_written: tuple = ()  # MUTATION: for each return, the written argument it returns
     reason: str = ""  # NATIVE: why
+    inplace_view: bool = False  # changes the metadata of `self` (squeeze_, t_, as_strided_, ...)
     arg_names: tuple = field(default=())
 
 
@@ -65,8 +66,6 @@ _NATIVE_OPS = {
     aten.set_.source_Storage_storage_offset: "changes storage metadata",
     aten.set_.source_Tensor: "changes storage metadata",
     aten.set_.source_Storage: "changes storage metadata",
-    aten.resize_.default: "resizes the tensor",
-    aten.resize_as_.default: "resizes the tensor",
 }
 
 
@@ -79,6 +78,8 @@ def classify(func) -> OpKind:
     schema = func._schema
     name = str(func)
     arg_names = tuple(a.name for a in schema.arguments)
+    if torch.Tag.inplace_view in func.tags:
+        return OpKind(MUTATION, name, written=("self",), returns_written=("self",), arg_names=arg_names, inplace_view=True)
     if func in _NATIVE_OPS:
         return OpKind(NATIVE, name, reason=_NATIVE_OPS[func], arg_names=arg_names)
     if torch.Tag.nondeterministic_seeded in func.tags:

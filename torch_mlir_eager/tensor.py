@@ -16,11 +16,54 @@ from .device import Device, get_device, SUPPORTED_DTYPES
 DEVICE_TYPE = "iree"
 
 
+class _IreeBackendModule:
+    """`torch.iree`: what PyTorch asks of a device backend module. Random ops run natively on
+    the host, so the device's random state is the CPU generator's."""
+
+    @staticmethod
+    def is_available():
+        return True
+
+    @staticmethod
+    def device_count():
+        return 1
+
+    @staticmethod
+    def current_device():
+        return 0
+
+    @staticmethod
+    def _is_in_bad_fork():
+        return False
+
+    @staticmethod
+    def get_rng_state(device="iree"):
+        return torch.get_rng_state()
+
+    @staticmethod
+    def set_rng_state(new_state, device="iree"):
+        torch.set_rng_state(new_state)
+
+    @staticmethod
+    def manual_seed(seed):
+        pass  # torch.manual_seed seeds the CPU generator, which random ops use
+
+    @staticmethod
+    def manual_seed_all(seed):
+        pass
+
+    @staticmethod
+    def synchronize(device=None):
+        pass
+
+
 def _register_device_type():
     # Name PyTorch's PrivateUse1 device "iree" and give it the Python device guard and hooks that
     # autograd needs to run backward on tensors that report that device.
     if torch._C._get_privateuse1_backend_name() != DEVICE_TYPE:
-        _backend_registration._setup_privateuseone_for_python_backend(DEVICE_TYPE)
+        _backend_registration._setup_privateuseone_for_python_backend(
+            DEVICE_TYPE, backend_module=_IreeBackendModule()
+        )
 
 
 _register_device_type()
@@ -125,14 +168,53 @@ class TorchMLIRTensor(torch.Tensor):
             requires_grad=requires_grad,
         )
         t._storage_ref = storage
+        t._note_metadata(size, stride, offset)
+        return t
+
+    def _note_metadata(self, size, stride, offset):
+        # what the hot path asks, computed once per metadata change
         size, stride = tuple(size), tuple(stride)
-        # metadata never changes for a tensor object: compute what the hot path asks once
-        t._spec = (storage.dtype, size, stride)
+        self._spec = (self._storage_ref.dtype, size, stride)
         numel = 1
         for s in size:
             numel *= s
-        t._dense = offset == 0 and numel == storage.numel and (numel <= 1 or stride == _contiguous_strides(size))
-        return t
+        self._numel = numel
+        self._dense = offset == 0 and (numel <= 1 or stride == _contiguous_strides(size))
+
+    def _set_metadata(self, size, stride, offset):
+        """Change this tensor's own size/stride/offset (in-place view ops, resize_)."""
+        from torch.utils._mode_utils import no_dispatch
+
+        size, stride = tuple(size), tuple(stride)
+        extent = offset + 1 + sum((s - 1) * st for s, st in zip(size, stride)) if all(size) else offset
+        placeholder = self.untyped_storage()  # PyTorch's own (data-less) storage of the wrapper
+        needed = max(extent, self._storage_ref.numel) * self.element_size()
+        if needed > placeholder.nbytes():
+            bigger = torch.Tensor._make_wrapper_subclass(
+                TorchMLIRTensor, (needed // self.element_size(),), dtype=self.dtype, device=self.device
+            )
+            placeholder = bigger.untyped_storage()
+        with no_dispatch():  # the Meta kernel of set_ only rewrites metadata
+            torch.ops.aten.set_.source_Storage_storage_offset.redispatch(
+                torch._C.DispatchKeySet(torch._C.DispatchKey.Meta), self, placeholder, offset, size, stride
+            )
+        self._note_metadata(size, stride, offset)
+
+    def _resize(self, size):
+        """resize_: contiguous `size`; the storage grows (for every alias) when it must."""
+        size = tuple(size)
+        offset = self.storage_offset()
+        numel = 1
+        for s in size:
+            numel *= s
+        storage = self._storage_ref
+        if offset + numel > storage.numel:
+            old = storage.to_host()
+            grown = torch.zeros(offset + numel, dtype=storage.dtype)
+            grown[: old.numel()] = old
+            storage.numel = offset + numel
+            storage.replace(storage.device.upload(grown))
+        self._set_metadata(size, _contiguous_strides(size), offset)
 
     @classmethod
     def _from_buffer(cls, device: Device, dtype, buffer, size, stride=None):
@@ -151,7 +233,7 @@ class TorchMLIRTensor(torch.Tensor):
 
     def is_dense(self) -> bool:
         """True when the tensor is exactly its whole storage in row-major order."""
-        return self._dense
+        return self._dense and self._numel == self._storage_ref.numel
 
     def _host(self) -> torch.Tensor:
         """A CPU tensor with the same values, sizes and strides (a copy)."""
@@ -197,6 +279,26 @@ def _empty_iree(size, dtype=None, layout=None, device=None, pin_memory=None, mem
     return _empty_strided_iree(size, _contiguous_strides(size), dtype, layout, device, pin_memory)
 
 
+def _copy_from_iree(src, dst, non_blocking=False):
+    """Copies across the host/device boundary that PyTorch makes below __torch_dispatch__
+    (`torch.tensor(..., device="iree")` does)."""
+    if isinstance(dst, TorchMLIRTensor):
+        host = src._host() if isinstance(src, TorchMLIRTensor) else src
+        value = host.to(dst.dtype).expand(dst.shape)
+        storage = dst._storage_ref
+        if dst.is_dense():
+            if storage.numel:
+                storage.replace(storage.device.upload(value.contiguous().reshape(-1)))
+        else:
+            flat = storage.to_host()
+            flat.as_strided(dst.shape, dst.stride(), dst.storage_offset()).copy_(value)
+            storage.replace(storage.device.upload(flat))
+        return dst
+    dst.copy_(src._host())
+    return dst
+
+
 _factory_lib = torch.library.Library("aten", "IMPL")
+_factory_lib.impl("_copy_from", _copy_from_iree, "PrivateUse1")
 _factory_lib.impl("empty.memory_format", _empty_iree, "PrivateUse1")
 _factory_lib.impl("empty_strided", _empty_strided_iree, "PrivateUse1")
