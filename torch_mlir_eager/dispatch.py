@@ -367,6 +367,12 @@ def run_view(func, args, kwargs):
         meta_func = aten.view.default if func is aten._unsafe_view.default else func
         out = meta_func(*[_meta(a) for a in args], **{k: _meta(v) for k, v in kwargs.items()})
         flat = list(out) if isinstance(out, (list, tuple)) else [out]
+        if any(m.dtype != base.dtype for m in flat):
+            raise NotImplementedError(
+                f"torch_mlir_eager: {func} reinterprets the storage as another dtype; such views "
+                f"(view(dtype), view_as_real, view_as_complex) are not supported on TorchMLIRTensor. "
+                f"Move the tensor to the host (.cpu()) for this op."
+            )
         metas = (isinstance(out, (list, tuple)), type(out), [(tuple(m.shape), tuple(m.stride()), m.storage_offset()) for m in flat])
         _view_cache[key] = metas
     is_seq, seq_type, items = metas
