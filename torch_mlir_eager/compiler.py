@@ -223,18 +223,15 @@ def _build(recipe: Recipe) -> Kernel:
     if kernel is not None:
         return kernel
     functionalize = recipe.kind is not None and recipe.kind.kind == MUTATION
-    attempts = [False]
-    if isinstance(recipe.func, torch._ops.OpOverload) and lowering.has_extra_decomposition(recipe.func):
-        attempts.append(True)
     dump = _Dump(recipe)
     error = None
-    for aggressive in attempts:
+    for decompositions in lowering.decomposition_attempts(recipe.func):
         try:
             try:
                 gm = lowering.trace(
                     make_body(recipe, plan),
                     [recipe.specs[i] for i in plan.live_inputs],
-                    lowering.decompositions_for(recipe.func, aggressive),
+                    decompositions,
                     functionalize,
                 )
             except StepError:

@@ -99,11 +99,31 @@ class OpCall:
 
         t_args = tuple(visit(a) for a in self.args)
         t_kwargs = {name: visit(self.kwargs[name]) for name in sorted(self.kwargs)}
-        return t_args, t_kwargs
+        return _normalize_dims(self.kind, self.args, t_args, t_kwargs)
 
     def recipe(self) -> compiler.Recipe:
         specs = [TensorSpec(tuple(t.shape), tuple(t.stride()), t.dtype) for t in self.tensors]
         return compiler.Recipe(self.kind.name, self.func, self.kind, self.template(), specs, self.device, self.key)
+
+
+def _normalize_dims(kind, args, t_args, t_kwargs):
+    """Negative `dim`/`dims` arguments made non-negative for the graph (torch-mlir mishandles
+    some negative dims: scatter_add with dim=-1 aborts the lowering)."""
+    names = kind.arg_names
+    if not args or not isinstance(args[0], torch.Tensor) or not any(n in ("dim", "dims") for n in names):
+        return t_args, t_kwargs
+    rank = max(args[0].dim(), 1)
+
+    def norm(v):
+        if isinstance(v, int) and not isinstance(v, bool) and v < 0:
+            return v + rank
+        if isinstance(v, (list, tuple)) and all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+            return type(v)(x + rank if x < 0 else x for x in v)
+        return v
+
+    t_args = tuple(norm(a) if i < len(names) and names[i] in ("dim", "dims") else a for i, a in enumerate(t_args))
+    t_kwargs = {k: norm(v) if k in ("dim", "dims") else v for k, v in t_kwargs.items()}
+    return t_args, t_kwargs
 
 
 def abstract(func, kind, args, kwargs) -> OpCall:
@@ -497,7 +517,38 @@ def _set_(func, kind, args, kwargs):
     raise RuntimeError(f"torch_mlir_eager: {kind.name} (changing a tensor's storage) is not supported")
 
 
+def _lazy_view_as_op(op):
+    """_conj/_neg_view mark a lazy conjugation/negation bit that a device tensor does not carry:
+    compute the values instead (a copy, not an alias)."""
+
+    def handler(func, kind, args, kwargs):
+        return run_op(op, classify(op), args, kwargs)
+
+    return handler
+
+
+def _known_miscompile(reason, predicate):
+    """An op whose compiled form gives wrong numbers in some uses: run those natively."""
+
+    def handler(func, kind, args, kwargs):
+        if predicate(*args, **kwargs):
+            return run_native(func, kind, args, kwargs), Fallback("unsupported", reason)
+        return run_op(func, kind, args, kwargs)
+
+    return handler
+
+
 _SPECIAL = {
+    aten._conj.default: _lazy_view_as_op(aten.conj_physical.default),
+    aten._neg_view.default: _lazy_view_as_op(aten.neg.default),
+    aten._embedding_bag.default: _known_miscompile(
+        "known miscompile: torch-mlir ignores per_sample_weights",
+        lambda *a, **k: (a[7] if len(a) > 7 else k.get("per_sample_weights")) is not None,
+    ),
+    aten._embedding_bag_forward_only.default: _known_miscompile(
+        "known miscompile: torch-mlir ignores per_sample_weights",
+        lambda *a, **k: (a[7] if len(a) > 7 else k.get("per_sample_weights")) is not None,
+    ),
     aten._to_copy.default: _to_copy,
     aten.clone.default: _clone,
     aten.copy_.default: _copy_,

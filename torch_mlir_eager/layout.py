@@ -29,7 +29,8 @@ def gather_op(size: tuple, stride: tuple, offset: int):
     """flat storage -> dense tensor of `size` holding the view's elements."""
 
     def gather(flat):
-        return flat[_flat_index(size, stride, offset)]
+        idx = _flat_index(size, stride, offset)
+        return flat[idx.reshape(-1)].reshape(size)  # 1-D indices: a 0-d index would read a scalar
 
     gather.__name__ = gather.__qualname__ = f"gather{list(size)}{list(stride)}+{offset}"
     return gather

@@ -137,22 +137,44 @@ def _core_aten_decompositions():
     return dict(core_aten_decompositions())
 
 
-def decompositions_for(func, aggressive: bool) -> dict:
-    """torch-mlir's table; `aggressive` adds PyTorch's core-ATen decomposition of `func` itself
-    (into core aten ops, never into prims, which torch-mlir does not lower)."""
-    table = torch_mlir_decompositions()
-    if not aggressive:
-        return table
-    extra = _core_aten_decompositions().get(func)
-    if extra is None:
-        return table
-    table = dict(table)
-    table[func] = extra
-    return table
+def _log10(x):
+    return torch.log(x) * 0.4342944819032518  # IREE 3.13 cannot link log10f on llvm-cpu
 
 
-def has_extra_decomposition(func) -> bool:
-    return func in _core_aten_decompositions() and func not in torch_mlir_decompositions()
+def _erfc(x):
+    return 1 - torch.erf(x)  # torch-mlir has no erfc; PyTorch's decomposition leaves prims.erfc
+
+
+def _hypot(a, b):
+    return torch.sqrt(a * a + b * b)  # torch-mlir has no hypot; PyTorch's leaves prims.hypot
+
+
+# Decompositions of this project's own, for ops whose direct lowering fails downstream.
+PROJECT_DECOMPOSITIONS = {
+    torch.ops.aten.log10.default: _log10,
+    torch.ops.aten.erfc.default: _erfc,
+    torch.ops.aten.hypot.default: _hypot,
+}
+
+
+def decomposition_attempts(func) -> list:
+    """The decomposition tables to try, in order: torch-mlir's (what its FX path uses), then
+    with PyTorch's core-ATen decomposition of `func`, then with any PyTorch decomposition of
+    `func` (those may leave prims ops, which torch-mlir lowers only in part)."""
+    base = dict(torch_mlir_decompositions())
+    base.update(PROJECT_DECOMPOSITIONS)
+    attempts = [base]
+    if not isinstance(func, torch._ops.OpOverload) or func in base:
+        return attempts
+    from torch._decomp import decomposition_table
+
+    for source in (_core_aten_decompositions(), decomposition_table):
+        extra = source.get(func)
+        if extra is not None and all(extra is not a.get(func) for a in attempts):
+            table = dict(base)
+            table[func] = extra
+            attempts.append(table)
+    return attempts
 
 
 def trace(body, specs, decompositions, functionalize: bool) -> torch.fx.GraphModule:
@@ -254,15 +276,19 @@ def _diag(diagnostics):
     return ("\n" + "\n".join(diagnostics)) if diagnostics else ""
 
 
-_WRITES_ARG = re.compile(r"(?:outs\(|\binto\s+)%arg(\d+)\b")
-_OUTS_LIST = re.compile(r"outs\(([^:)]*)")
+# Ops that can update a destination operand in place. When the lowered module has one, IREE may
+# write into the caller's input buffer (iree-org/iree#16168), directly or through a reshape of
+# it, so every input of such a kernel is passed as a copy.
+_IN_PLACE_CAPABLE = re.compile(
+    r"tm_tensor\.|iree_linalg_ext\.|tensor\.insert|tensor\.scatter|outs\([^)]*%arg\d|into\s+%arg\d"
+)
 
 
 def written_arguments(linalg_ir: str) -> frozenset:
-    """Function arguments that an op of the lowered module uses as its destination (`outs(...)`,
-    `... into %argN`). IREE may then update the caller's buffer in place (iree-org/iree#16168),
-    so the kernel gets a copy of those inputs."""
-    found = {int(n) for n in _WRITES_ARG.findall(linalg_ir)}
-    for outs in _OUTS_LIST.findall(linalg_ir):
-        found.update(int(n) for n in re.findall(r"%arg(\d+)\b", outs))
-    return frozenset(found)
+    """Function arguments the compiled code may update in place: all of them when the module
+    has an op that writes into a destination operand that is not a fresh tensor."""
+    if not _IN_PLACE_CAPABLE.search(linalg_ir):
+        return frozenset()
+    header = re.search(r"func\.func @main\(([^)]*)\)", linalg_ir)
+    count = len(re.findall(r"%arg\d+", header.group(1))) if header else 0
+    return frozenset(range(count))
