@@ -217,6 +217,11 @@ def _build(recipe: Recipe) -> Kernel:
         raise
     except Exception as e:
         raise StepError("trace", f"{type(e).__name__}: {e}") from None
+    from .device import SUPPORTED_DTYPES
+
+    for spec in plan.out_specs:
+        if spec.dtype not in SUPPORTED_DTYPES:
+            raise StepError("unsupported", f"result dtype {spec.dtype} has no IREE element type")
     if plan.num_outputs == 0:  # every result is zero-size: nothing to compute
         return Kernel.empty(recipe.device, recipe.name, plan)
     kernel = _load_indexed(recipe, plan)

@@ -528,10 +528,13 @@ def _lazy_view_as_op(op):
 
 
 def _known_miscompile(reason, predicate):
-    """An op whose compiled form gives wrong numbers in some uses: run those natively."""
+    """An op whose compiled form gives wrong numbers in some uses: run those natively.
+    `predicate(bound)` gets the arguments by schema name."""
 
     def handler(func, kind, args, kwargs):
-        if predicate(*args, **kwargs):
+        bound = dict(zip(kind.arg_names, args))
+        bound.update(kwargs)
+        if predicate(bound):
             return run_native(func, kind, args, kwargs), Fallback("unsupported", reason)
         return run_op(func, kind, args, kwargs)
 
@@ -543,11 +546,11 @@ _SPECIAL = {
     aten._neg_view.default: _lazy_view_as_op(aten.neg.default),
     aten._embedding_bag.default: _known_miscompile(
         "known miscompile: torch-mlir ignores per_sample_weights",
-        lambda *a, **k: (a[7] if len(a) > 7 else k.get("per_sample_weights")) is not None,
+        lambda bound: bound.get("per_sample_weights") is not None,
     ),
     aten._embedding_bag_forward_only.default: _known_miscompile(
         "known miscompile: torch-mlir ignores per_sample_weights",
-        lambda *a, **k: (a[7] if len(a) > 7 else k.get("per_sample_weights")) is not None,
+        lambda bound: bound.get("per_sample_weights") is not None,
     ),
     aten._to_copy.default: _to_copy,
     aten.clone.default: _clone,
