@@ -48,6 +48,7 @@ class CompileProgress:
         self.stream = stream
         self.tty = stream.isatty()
         self.compiled = 0
+        self.loaded = 0
         self.failed = 0
         self.seconds = 0.0
         self._width = 0
@@ -57,6 +58,9 @@ class CompileProgress:
             self.compiled += 1
             self.seconds += seconds or 0.0
             detail = f"{op_name} {seconds or 0.0:.2f}s"
+        elif event == "loaded":
+            self.loaded += 1
+            detail = f"{op_name} from the disk cache"
         elif event == "failed":
             self.failed += 1
             detail = f"{op_name} failed"
@@ -67,6 +71,8 @@ class CompileProgress:
 
     def _line(self, detail):
         line = f"compiling kernels: {self.compiled}"
+        if self.loaded:
+            line += f", {self.loaded} loaded from the disk cache"
         if self.failed:
             line += f", {self.failed} failed"
         return f"{line} ({detail})" if detail else line

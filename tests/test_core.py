@@ -344,8 +344,10 @@ def test_ops_without_compiled_form_fall_back_and_are_counted(stats):
     assert isinstance(r, TorchMLIRTensor) and r.shape == a.shape
     nz = (a > 0).nonzero()
     assert_same(nz, (a.cpu() > 0).nonzero())
-    fb = stats()["fallbacks"]
+    s = stats()
+    fb = s["fallbacks"]
     assert {"aten._local_scalar_dense.default", "aten.rand_like.default", "aten.nonzero.default"} <= set(fb)
+    assert fb["aten._local_scalar_dense.default"]["step"] == "transfer" and s["host_transfers"] == 2  # .item() and .cpu()
 
 
 def test_stats_partition_every_intercepted_call(monkeypatch):

@@ -169,7 +169,8 @@ _log_lock = threading.Lock()
 
 
 def set_compile_listener(fn):
-    """fn(event, op_name, seconds) with event "start" | "done" | "failed"; None removes it."""
+    """fn(event, op_name, seconds) with event "start", then "done" (compiled), "loaded" (from the
+    disk cache) or "failed"; None removes the listener."""
     global _listener
     _listener = fn
 
@@ -197,7 +198,7 @@ def build(recipe: Recipe):
         return fallback
     seconds = time.perf_counter() - start
     STATS.compiled(seconds, ok=True, from_disk=getattr(kernel, "from_disk", False))
-    _notify("done", recipe.name, seconds)
+    _notify("loaded" if getattr(kernel, "from_disk", False) else "done", recipe.name, seconds)
     return kernel
 
 

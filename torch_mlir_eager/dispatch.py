@@ -47,7 +47,8 @@ def dispatch(func, args, kwargs):
     elif kind.kind == VIEW:
         result, outcome = run_view(func, args, kwargs), METADATA
     elif kind.kind == NATIVE:
-        result, outcome = run_native(func, kind, args, kwargs), Fallback("unsupported", kind.reason)
+        step = "transfer" if func is aten._local_scalar_dense.default else "unsupported"
+        result, outcome = run_native(func, kind, args, kwargs), Fallback(step, kind.reason)
     else:
         result, outcome = run_op(func, kind, args, kwargs)
     record(kind.name, outcome)

@@ -147,6 +147,10 @@ class Stats:
         with self._lock:
             d = {kind: self.calls[kind] for kind in CALL_KINDS}
             d.update(
+                # fallback calls that were copies to the host (.cpu(), .item(), printing)
+                host_transfers=sum(
+                    v["count"] for v in self.fallbacks.values() if v["step"] == "transfer"
+                ),
                 kernels_compiled=self.kernels_compiled,
                 compile_failures=self.compile_failures,
                 compile_seconds=round(self.compile_seconds, 6),
