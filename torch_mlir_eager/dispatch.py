@@ -312,7 +312,7 @@ def run_layout_kernel(op, storage, buffers, value_shape=None):
     if entry is None:
         specs = [TensorSpec((storage.numel,), (1,), storage.dtype)]
         if value_shape is not None:
-            specs.append(TensorSpec(value_shape, _contiguous(value_shape), storage.dtype))
+            specs.append(TensorSpec(value_shape, layout.contiguous_strides(value_shape), storage.dtype))
         template = (tuple(Slot(i) for i in range(len(specs))), {})
         recipe = compiler.Recipe(op.__name__, op, None, template, specs, storage.device, key)
         entry, _ = CACHE.get_or_build(key, lambda: _build_outside_dispatch(recipe))
@@ -321,14 +321,6 @@ def run_layout_kernel(op, storage, buffers, value_shape=None):
     # no kernel for this geometry: do it on the host (correct, slow)
     host = [storage.device.download(b, storage.dtype, tuple(b.shape)) for b in buffers]
     return storage.device.upload(op(*host).contiguous())
-
-
-def _contiguous(shape):
-    stride, acc = [], 1
-    for s in reversed(shape):
-        stride.append(acc)
-        acc *= max(s, 1)
-    return tuple(reversed(stride))
 
 
 # ---- validation mode --------------------------------------------------------------------------

@@ -14,6 +14,15 @@ import functools
 import torch
 
 
+def contiguous_strides(shape) -> tuple:
+    """Row-major strides of `shape`, as PyTorch gives them (size-0/1 dims count as 1)."""
+    strides, acc = [], 1
+    for s in reversed(shape):
+        strides.append(acc)
+        acc *= max(s, 1)
+    return tuple(reversed(strides))
+
+
 def _flat_index(size, stride, offset):
     """int64 tensor of `size`: the storage position of each element of the view."""
     idx = torch.full((), offset, dtype=torch.int64)

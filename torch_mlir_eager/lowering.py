@@ -20,6 +20,8 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from .layout import contiguous_strides
+
 
 class StepError(Exception):
     """A failure at one step of building a kernel. `step` names it for the statistics."""
@@ -101,25 +103,17 @@ class OutputSpec:
         return tuple(self.shape[d] for d in self.perm)
 
 
-def _contiguous_stride(shape):
-    stride, acc = [], 1
-    for s in reversed(shape):
-        stride.append(acc)
-        acc *= max(s, 1)
-    return tuple(reversed(stride))
-
-
 def output_spec(t: torch.Tensor) -> OutputSpec:
     shape, stride = tuple(t.shape), tuple(t.stride())
-    if stride == _contiguous_stride(shape) or t.numel() <= 1:
-        return OutputSpec(shape, _contiguous_stride(shape), t.dtype, None)
+    if stride == contiguous_strides(shape) or t.numel() <= 1:
+        return OutputSpec(shape, contiguous_strides(shape), t.dtype, None)
     perm = tuple(sorted(range(len(shape)), key=lambda d: (-stride[d], d)))
     phys = tuple(shape[d] for d in perm)
-    expect = _contiguous_stride(phys)
+    expect = contiguous_strides(phys)
     if all(shape[d] == 1 or stride[d] == expect[i] for i, d in enumerate(perm)):
         return OutputSpec(shape, stride, t.dtype, perm)
     # overlapping or gappy strides: keep the values, give them contiguous strides
-    return OutputSpec(shape, _contiguous_stride(shape), t.dtype, None)
+    return OutputSpec(shape, contiguous_strides(shape), t.dtype, None)
 
 
 # ---- trace: the one-op FX graph ---------------------------------------------------------------

@@ -12,6 +12,7 @@ import torch
 import torch.utils.backend_registration as _backend_registration
 
 from .device import Device, get_device, SUPPORTED_DTYPES
+from .layout import contiguous_strides as _contiguous_strides
 
 DEVICE_TYPE = "iree"
 
@@ -109,14 +110,6 @@ class DeviceStorage:
         if self.numel == 0:
             return torch.empty(0, dtype=self.dtype)
         return self.device.download(self.buffer, self.dtype, (self.numel,))
-
-
-def _contiguous_strides(shape) -> tuple:
-    strides, acc = [], 1
-    for s in reversed(shape):
-        strides.append(acc)
-        acc *= max(s, 1)
-    return tuple(reversed(strides))
 
 
 _dispatch_module = None
