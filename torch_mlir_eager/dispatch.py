@@ -1,6 +1,8 @@
 """The life of an aten op on TorchMLIRTensors.
 
     dispatch(func, args, kwargs)
+      special     copy_/clone/_to_copy of dense tensors share the buffer,   -> metadata call
+                  .cpu() downloads, squeeze_/t_/resize_ change metadata      (transfer: fallback)
       VIEW        new view metadata over the same device storage            -> metadata call
       NATIVE      random ops, values read back to Python: run in PyTorch    -> fallback call
       otherwise   key   = the op + argument metadata + scalar values (nothing built yet)
