@@ -239,11 +239,14 @@ class TorchMLIRTensor(torch.Tensor):
         return _dispatch(func, args, kwargs or {})
 
     def __repr__(self, *, tensor_contents=None):
-        host = self._host()
-        body = repr(host)
-        device = f"device='{DEVICE_TYPE}:{self.iree_device.driver}'"
+        body = repr(self._host())
+        extra = f"device='{DEVICE_TYPE}:{self.iree_device.driver}'"
+        if self.grad_fn is not None:
+            extra += f", grad_fn=<{type(self.grad_fn).__name__}>"
+        elif self.requires_grad:
+            extra += ", requires_grad=True"
         if body.endswith(")"):
-            return body[:-1] + f", {device})"
+            return body[:-1] + f", {extra})"
         return body
 
     def tolist(self):
