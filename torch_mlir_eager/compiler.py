@@ -252,12 +252,9 @@ def _build(recipe: Recipe) -> Kernel:
             copy_inputs = tuple(sorted(lowering.written_arguments(lowered.linalg_ir)))
             _index(recipe, entry, copy_inputs)
             try:
-                kernel = Kernel(recipe.device, vmfb, recipe.name, len(plan.live_inputs), plan.num_outputs)
+                kernel = Kernel(recipe.device, vmfb, recipe.name, plan, from_disk=from_disk, copy_inputs=copy_inputs)
             except Exception as e:
                 raise StepError("load", f"{type(e).__name__}: {e}") from None
-            kernel.plan = plan
-            kernel.from_disk = from_disk
-            kernel.copy_inputs = copy_inputs
             dump.write("compile.log", "ok\nflags: " + " ".join(recipe.device.compile_flags) + "\n")
             return kernel
         except StepError as e:
@@ -351,14 +348,11 @@ def _load_indexed(recipe: Recipe, plan: OutputPlan):
     vmfb = disk.get(entry)
     if vmfb is None:
         return None
+    copy_inputs = [i for i in range(len(plan.live_inputs)) if mask >> i & 1]
     try:
-        kernel = Kernel(recipe.device, vmfb, recipe.name, len(plan.live_inputs), plan.num_outputs)
+        return Kernel(recipe.device, vmfb, recipe.name, plan, from_disk=True, copy_inputs=copy_inputs)
     except Exception:
         return None
-    kernel.plan = plan
-    kernel.from_disk = True
-    kernel.copy_inputs = tuple(i for i in range(len(plan.live_inputs)) if mask >> i & 1)
-    return kernel
 
 
 _disk = None

@@ -274,7 +274,7 @@ def run_kernel(kernel: Kernel, call: OpCall):
     if plan.single_fresh:  # the common case: one fresh tensor
         return fresh[0]
     leaves = [
-        fresh[v] if how == "out" else call.tensors[v] if how == "arg" else v
+        fresh[v] if how == "out" else tensors[v] if how == "arg" else v
         for how, v in plan.leaves
     ]
     return tree_unflatten(leaves, plan.tree)
@@ -284,7 +284,7 @@ def dense_buffer(t: TorchMLIRTensor):
     """The tensor's values as a dense device buffer of its shape: the storage itself when the
     tensor is its whole storage, else a compiled gather."""
     storage = t._storage_ref
-    if t._dense and t._numel == storage.numel:
+    if t.is_dense():
         return storage.shaped(t._spec[1])
     size, stride, offset = tuple(t.shape), tuple(t.stride()), t.storage_offset()
     return run_layout_kernel(layout.gather_op(size, stride, offset), storage, [storage.shaped((storage.numel,))])
@@ -293,7 +293,7 @@ def dense_buffer(t: TorchMLIRTensor):
 def write(dst: TorchMLIRTensor, value):
     """Make `value` (a dense buffer of dst's shape) dst's contents, seen by all its aliases."""
     storage = dst._storage_ref
-    if dst._dense and dst._numel == storage.numel:
+    if dst.is_dense():
         storage.replace(value)
         return
     size, stride, offset = tuple(dst.shape), tuple(dst.stride()), dst.storage_offset()

@@ -20,30 +20,28 @@ class KernelTiming:
 class Kernel:
     """`kernel(buffers) -> buffers`: runs the module's `main` on dense device buffers."""
 
-    def __init__(self, device: Device, vmfb: bytes, name: str, num_inputs: int, num_outputs: int):
+    def __init__(self, device: Device, vmfb: bytes, name: str, plan, *, from_disk=False, copy_inputs=()):
         self.device = device
         self.name = name
-        self.num_inputs = num_inputs
-        self.plan = None  # compiler.OutputPlan: how results map back to the op's results
-        self.from_disk = False
+        self.plan = plan  # compiler.OutputPlan: how results map back to the op's results
+        self.from_disk = from_disk
         # inputs the compiled code may update in place (see lowering.written_arguments): they are
         # passed as copies, because device buffers are values shared by many tensors
-        self.copy_inputs = ()
-        self.vmfb = vmfb
+        self.copy_inputs = tuple(copy_inputs)
         self.validated = False
+        self._num_outputs = plan.num_outputs
+        if vmfb is None:  # Kernel.empty
+            return
         module = rt.VmModule.copy_buffer(device.instance, vmfb)
         self._context = rt.VmContext(device.instance, modules=[device.new_hal_module(), module])
         self._main = module.lookup_function("main")
-        self._num_outputs = num_outputs
         self._lock = threading.Lock()  # a VM context is not safe to invoke from two threads at once
 
     @classmethod
     def empty(cls, device: Device, name: str, plan) -> "Kernel":
         """A kernel with nothing to compute (every result is zero-size): no launch."""
-        k = cls.__new__(cls)
-        k.device, k.name, k.num_inputs, k._num_outputs = device, name, 0, 0
-        k.plan, k.from_disk, k.validated, k.launches = plan, False, True, False
-        k.copy_inputs = ()
+        k = cls(device, None, name, plan)
+        k.validated, k.launches = True, False
         return k
 
     launches = True  # False for Kernel.empty
@@ -70,4 +68,4 @@ class Kernel:
         return [results.get_as_object(i, rt.HalBufferView) for i in range(self._num_outputs)]
 
     def __repr__(self):
-        return f"Kernel({self.name}, {self.num_inputs} in, {self._num_outputs} out, {self.device.driver})"
+        return f"Kernel({self.name}, {len(self.plan.live_inputs)} in, {self._num_outputs} out, {self.device.driver})"

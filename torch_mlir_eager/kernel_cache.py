@@ -23,9 +23,6 @@ class Fallback:
     step: str  # decompose | trace | import | lower | compile | run | validate | unsupported | ...
     reason: str  # first line of the error
 
-    def describe(self) -> str:
-        return f"{self.step}: {self.reason}"
-
 
 @dataclass
 class Pending:

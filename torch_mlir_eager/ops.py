@@ -26,7 +26,6 @@ class OpKind:
     kind: str
     name: str
     written: tuple = ()  # MUTATION: names of the written arguments, in schema order
-    returns_written: tuple = ()  # MUTATION: for each return, the written argument it returns
     reason: str = ""  # NATIVE: why
     inplace_view: bool = False  # changes the metadata of `self` (squeeze_, t_, as_strided_, ...)
     arg_names: tuple = field(default=())
@@ -79,7 +78,7 @@ def classify(func) -> OpKind:
     name = str(func)
     arg_names = tuple(a.name for a in schema.arguments)
     if torch.Tag.inplace_view in func.tags:
-        return OpKind(MUTATION, name, written=("self",), returns_written=("self",), arg_names=arg_names, inplace_view=True)
+        return OpKind(MUTATION, name, written=("self",), arg_names=arg_names, inplace_view=True)
     if func in _NATIVE_OPS:
         return OpKind(NATIVE, name, reason=_NATIVE_OPS[func], arg_names=arg_names)
     if torch.Tag.nondeterministic_seeded in func.tags:
@@ -91,12 +90,7 @@ def classify(func) -> OpKind:
 
     written = REWRITE_WRITTEN.get(func) or tuple(a.name for a in schema.arguments if _is_write(a))
     if written:
-        returns_written = tuple(
-            next((a.name for a in schema.arguments if _is_write(a) and ret.alias_info is not None
-                  and a.alias_info.before_set == ret.alias_info.before_set), None)
-            for ret in schema.returns
-        )
-        return OpKind(MUTATION, name, written=written, returns_written=returns_written, arg_names=arg_names)
+        return OpKind(MUTATION, name, written=written, arg_names=arg_names)
     if any(r.alias_info is not None for r in schema.returns):
         return OpKind(VIEW, name, arg_names=arg_names)
     return OpKind(FUNCTIONAL, name, arg_names=arg_names)
