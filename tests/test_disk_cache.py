@@ -359,15 +359,15 @@ def test_index_records(tmp_path):
     kernel, op = key_of("kernel"), key_of("op-signature")
     assert cache.get_index(op) is None
     cache.put(kernel, b"vmfb")
-    cache.put_index(op, kernel)
-    assert cache.get_index(op) == kernel
-    assert cache.get(cache.get_index(op)) == b"vmfb"
+    cache.put_index(op, {"kernel": kernel, "copy_inputs": [1]})
+    assert cache.get_index(op) == {"kernel": kernel, "copy_inputs": [1]}
+    assert cache.get(cache.get_index(op)["kernel"]) == b"vmfb"
     assert cache.get(op) is None  # an index record is not a kernel
     info = cache.info()
     assert (info["entries"], info["failures"], info["index_records"]) == (1, 0, 1)
     assert (cache.index_hits, cache.index_misses) == (2, 1)
     with pytest.raises(ValueError):
-        cache.put_index(op, "not a key")
+        cache.put_index("not a key", {"kernel": kernel})
     assert cache.clear() == 2
     assert cache.get_index(op) is None
 

@@ -54,10 +54,10 @@ def _release_at_exit():
     # are released in order (otherwise nanobind reports them as leaked at exit).
     import gc
 
-    from . import device, dispatch
+    from . import device, views
 
     _CACHE.clear()
-    dispatch._view_cache.clear()
+    views.clear_memo()
     device._devices.clear()
     gc.collect()
     # Tensors the program still holds at exit keep IREE buffers alive until the interpreter

@@ -25,8 +25,8 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._pytree import tree_flatten
 
-from . import lowering
-from .device import Device
+from . import layout, lowering
+from .device import COMPILED_DTYPES, Device
 from .kernel import Kernel
 from .kernel_cache import Fallback, STATS
 from .lowering import StepError, TensorSpec, OutputSpec, fill, first_line, output_spec
@@ -137,14 +137,17 @@ def plan_outputs(recipe: Recipe) -> OutputPlan:
 
 
 def make_body(recipe: Recipe, plan: OutputPlan):
-    """The function to trace: inputs -> [fresh results in physical order] + [new values]."""
+    """The function to trace: inputs in physical order -> [fresh results in physical order] +
+    [new values of the written inputs, each in its input's physical order]."""
+    specs = recipe.specs
 
     def body(*live):
         # zero-size inputs are not kernel arguments: they are made inside the graph
-        tensors = [None] * len(recipe.specs)
+        tensors = [None] * len(specs)
         for i, t in zip(plan.live_inputs, live):
-            tensors[i] = t
-        for i, s in enumerate(recipe.specs):
+            perm = specs[i].perm
+            tensors[i] = t if perm is None else t.permute(layout.inverse(perm))
+        for i, s in enumerate(specs):
             if tensors[i] is None:
                 tensors[i] = torch.empty(s.shape, dtype=s.dtype)
         args, kwargs = fill(recipe.template, tensors)
@@ -156,7 +159,13 @@ def make_body(recipe: Recipe, plan: OutputPlan):
                 if spec.perm is not None:
                     leaf = leaf.permute(spec.perm)
                 outs.append(leaf.contiguous())
-        outs.extend(w.contiguous() for w in _tensor_leaves(written) if w.numel() > 0)
+        for value, slot in zip(_tensor_leaves(written), plan.writes):
+            if value.numel() == 0:
+                continue
+            spec = specs[slot]
+            # written in place, it keeps its layout; resized (out=), it becomes row-major
+            perm = spec.perm if tuple(value.shape) == spec.shape else None
+            outs.append((value if perm is None else value.permute(perm)).contiguous())
         return outs
 
     return body
@@ -184,19 +193,27 @@ def _notify(event, name, seconds=None):
 
 
 def build(recipe: Recipe):
-    """Kernel for `recipe`, or Fallback(step, reason). Never raises for a compile problem."""
+    """Kernel for `recipe`, or Fallback(step, reason). Never raises for a build problem: an
+    unexpected error becomes a Fallback with step `internal`."""
     start = time.perf_counter()
     _notify("start", recipe.name)
     try:
         kernel = _build(recipe)
-    except StepError as e:
+    except Exception as e:  # noqa: BLE001 - every failure becomes a remembered fallback
         seconds = time.perf_counter() - start
         STATS.compiled(seconds, ok=False)
-        fallback = Fallback(e.step, e.first_line)
-        _log_failure(recipe.name, fallback, e.message)
+        if isinstance(e, StepError):
+            fallback, message = Fallback(e.step, e.first_line), e.message
+        else:
+            fallback = Fallback("internal", first_line(f"{type(e).__name__}: {e}"))
+            message = "".join(__import__("traceback").format_exception(e))
+        _log_failure(recipe.name, fallback, message)
         _notify("failed", recipe.name, seconds)
         return fallback
     seconds = time.perf_counter() - start
+    if isinstance(kernel, Fallback):  # a verdict remembered in the disk index
+        _notify("failed", recipe.name, seconds)
+        return kernel
     STATS.compiled(seconds, ok=True, from_disk=getattr(kernel, "from_disk", False))
     _notify("loaded" if getattr(kernel, "from_disk", False) else "done", recipe.name, seconds)
     return kernel
@@ -218,11 +235,9 @@ def _build(recipe: Recipe) -> Kernel:
         raise
     except Exception as e:
         raise StepError("trace", f"{type(e).__name__}: {e}") from None
-    from .device import SUPPORTED_DTYPES
-
-    for spec in plan.out_specs:
-        if spec.dtype not in SUPPORTED_DTYPES:
-            raise StepError("unsupported", f"result dtype {spec.dtype} has no IREE element type")
+    for spec in list(recipe.specs) + list(plan.out_specs):
+        if spec.dtype not in COMPILED_DTYPES:
+            raise StepError("unsupported", f"dtype {spec.dtype} has no IREE element type")
     if plan.num_outputs == 0:  # every result is zero-size: nothing to compute
         return Kernel.empty(recipe.device, recipe.name, plan)
     kernel = _load_indexed(recipe, plan)
@@ -295,15 +310,20 @@ def _compile(linalg_ir: str, device: Device, name: str):
 
 # The disk cache is keyed by the lowered module (what determines the binary). A second index,
 # keyed by the op key and this package's own source, maps straight to that entry, so that a new
-# process loads a known kernel without tracing and lowering it again.
+# process loads a known kernel without tracing and lowering it again. It also remembers
+# validation verdicts: a key found wrong stays a fallback in later processes.
 def _source_digest() -> str:
+    """A hash of every module of the package and of its guard list: whatever shapes keys,
+    templates, decompositions and plans. Changing any of them makes a new index."""
     import hashlib
 
     h = hashlib.sha256()
     here = os.path.dirname(__file__)
-    for name in ("compiler.py", "lowering.py", "ops.py", "layout.py", "iree_compile.py"):
-        with open(os.path.join(here, name), "rb") as f:
-            h.update(f.read())
+    for name in sorted(os.listdir(here)):
+        if name.endswith(".py") or name == "guards.json":
+            h.update(name.encode())
+            with open(os.path.join(here, name), "rb") as f:
+                h.update(f.read())
     return h.hexdigest()
 
 
@@ -321,36 +341,47 @@ def _stable(x) -> str:
     return str(x)
 
 
-def _index_key(recipe: Recipe):
+def _index_key(key, device: Device):
     global _SOURCE_DIGEST
     if _SOURCE_DIGEST is None:
         _SOURCE_DIGEST = _source_digest()
     from .disk_cache import entry_key
 
-    return entry_key(f"op-index\n{_stable(recipe.key)}\n{_SOURCE_DIGEST}", recipe.device.compile_flags)
+    return entry_key(f"op-index\n{_stable(key)}\n{_SOURCE_DIGEST}", device.compile_flags)
 
 
 def _index(recipe: Recipe, entry, copy_inputs):
     disk = _disk_cache()
     if disk is not None and entry is not None and recipe.key is not None:
-        mask = sum(1 << i for i in copy_inputs)  # the kernel's copy_inputs ride after the key
-        disk.put_index(_index_key(recipe), entry + format(mask, "x"))
+        disk.put_index(_index_key(recipe.key, recipe.device), {"kernel": entry, "copy_inputs": list(copy_inputs)})
+
+
+def remember_fallback(key, device: Device, fallback: Fallback):
+    """Record in the disk index that `key` runs natively (a validation verdict)."""
+    disk = _disk_cache()
+    if disk is not None and key is not None:
+        disk.put_index(_index_key(key, device), {"fallback": [fallback.step, fallback.reason]})
 
 
 def _load_indexed(recipe: Recipe, plan: OutputPlan):
+    """The Kernel (or remembered Fallback) the disk index has for the recipe's key, or None."""
     disk = _disk_cache()
     if disk is None or recipe.key is None:
         return None
-    record = disk.get_index(_index_key(recipe))
-    if record is None or len(record) <= 64:
+    record = disk.get_index(_index_key(recipe.key, recipe.device))
+    if record is None:
         return None
-    entry, mask = record[:64], int(record[64:], 16)
-    vmfb = disk.get(entry)
+    if "fallback" in record:
+        step, reason = record["fallback"]
+        return Fallback(step, reason)
+    try:
+        vmfb = disk.get(record["kernel"])
+    except (KeyError, ValueError):  # a record of another shape
+        return None
     if vmfb is None:
         return None
-    copy_inputs = [i for i in range(len(plan.live_inputs)) if mask >> i & 1]
     try:
-        return Kernel(recipe.device, vmfb, recipe.name, plan, from_disk=True, copy_inputs=copy_inputs)
+        return Kernel(recipe.device, vmfb, recipe.name, plan, from_disk=True, copy_inputs=record.get("copy_inputs", ()))
     except Exception:
         return None
 

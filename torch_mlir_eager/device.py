@@ -1,7 +1,8 @@
 """IREE devices: one runtime device per driver, its compiler target, and host transfers.
 
-A *device buffer* is an IREE `HalBufferView`: a dense buffer with a shape and an element type.
-This module owns the only code that moves bytes between host memory and device buffers.
+A *device buffer* is an IREE `HalBuffer`: bytes. Kernels take and return `HalBufferView`s, a
+dense array of a shape and an element type over the first bytes of a buffer. This module owns
+the only code that moves bytes between host memory and device buffers.
 """
 
 from __future__ import annotations
@@ -19,32 +20,40 @@ import iree.runtime as rt
 DEFAULT_DRIVER = "local-task"
 ENV_DEVICE = "TORCH_MLIR_EAGER_DEVICE"
 
-# torch dtype -> (IREE element type, numpy dtype used to move its bytes)
+# torch dtype -> IREE element type, for the dtypes that kernels compute in. Any other dtype
+# (float8, quantized, uint16/32/64, complex32, ...) is still stored (as bytes) on the device, and
+# its ops run natively.
 _ELEMENT_TYPES = {
-    torch.float32: (rt.HalElementType.FLOAT_32, np.float32),
-    torch.float64: (rt.HalElementType.FLOAT_64, np.float64),
-    torch.float16: (rt.HalElementType.FLOAT_16, np.float16),
-    torch.bfloat16: (rt.HalElementType.BFLOAT_16, np.int16),
-    torch.int64: (rt.HalElementType.SINT_64, np.int64),
-    torch.int32: (rt.HalElementType.SINT_32, np.int32),
-    torch.int16: (rt.HalElementType.SINT_16, np.int16),
-    torch.int8: (rt.HalElementType.SINT_8, np.int8),
-    torch.uint8: (rt.HalElementType.UINT_8, np.uint8),
-    torch.bool: (rt.HalElementType.BOOL_8, np.bool_),
-    torch.complex64: (rt.HalElementType.COMPLEX_64, np.complex64),
-    torch.complex128: (rt.HalElementType.COMPLEX_128, np.complex128),
+    torch.float32: rt.HalElementType.FLOAT_32,
+    torch.float64: rt.HalElementType.FLOAT_64,
+    torch.float16: rt.HalElementType.FLOAT_16,
+    torch.bfloat16: rt.HalElementType.BFLOAT_16,
+    torch.int64: rt.HalElementType.SINT_64,
+    torch.int32: rt.HalElementType.SINT_32,
+    torch.int16: rt.HalElementType.SINT_16,
+    torch.int8: rt.HalElementType.SINT_8,
+    torch.uint8: rt.HalElementType.UINT_8,
+    torch.bool: rt.HalElementType.BOOL_8,
+    torch.complex64: rt.HalElementType.COMPLEX_64,
+    torch.complex128: rt.HalElementType.COMPLEX_128,
 }
-# dtypes whose bytes numpy cannot hold natively: moved as a same-width integer view
-_BIT_CAST = {torch.bfloat16: torch.int16}
 
-SUPPORTED_DTYPES = frozenset(_ELEMENT_TYPES)
+COMPILED_DTYPES = frozenset(_ELEMENT_TYPES)
 
 
 def element_type(dtype: torch.dtype) -> int:
     try:
-        return _ELEMENT_TYPES[dtype][0]
+        return _ELEMENT_TYPES[dtype]
     except KeyError:
         raise TypeError(f"torch_mlir_eager: dtype {dtype} has no IREE element type") from None
+
+
+def as_bytes(t: torch.Tensor) -> np.ndarray:
+    """The bytes of a contiguous CPU tensor, as a flat numpy uint8 array (no copy)."""
+    flat = t.detach().reshape(-1)
+    if flat.is_quantized:
+        flat = flat.int_repr()
+    return flat.view(torch.uint8).numpy()
 
 
 class Device:
@@ -71,68 +80,54 @@ class Device:
     def new_hal_module(self):
         return rt.create_hal_module(self.instance, self.hal)
 
-    # ---- host -> device ---------------------------------------------------------------------
-    def upload(self, t: torch.Tensor) -> rt.HalBufferView:
-        """Copy a CPU tensor into a new dense device buffer of the same shape."""
-        t = t.detach()
+    # ---- host <-> device: bytes ---------------------------------------------------------------
+    def upload(self, t: torch.Tensor):
+        """A new device buffer (`HalBuffer`) holding the bytes of CPU tensor `t` in its
+        row-major order (`t` is made contiguous first)."""
         if not t.is_contiguous():
             t = t.contiguous()
-        etype = element_type(t.dtype)
-        if t.dtype in _BIT_CAST:
-            t = t.view(_BIT_CAST[t.dtype])
         return self.hal.allocator.allocate_buffer_copy(
             memory_type=rt.MemoryType.DEVICE_LOCAL,
             allowed_usage=rt.BufferUsage.DEFAULT,
             device=self.hal,
-            buffer=t.numpy(),
-            element_type=etype,
+            buffer=as_bytes(t),
         )
 
-    # ---- device -> host ---------------------------------------------------------------------
-    def download(self, bv: rt.HalBufferView, dtype: torch.dtype, shape) -> torch.Tensor:
-        """Copy a dense device buffer into a new contiguous CPU tensor of `shape`."""
-        np_dtype = _ELEMENT_TYPES[dtype][1]
-        shape = tuple(shape)
+    def download(self, buffer, nbytes: int) -> torch.Tensor:
+        """The first `nbytes` bytes of a device buffer, as a new CPU uint8 tensor."""
+        if nbytes == 0:
+            return torch.empty(0, dtype=torch.uint8)
         if self._host_visible:
-            arr = bv.map().asarray(shape, np.dtype(np_dtype))
+            arr = np.array(buffer.map().asarray([nbytes], np.dtype(np.uint8)), copy=True)
         else:
-            arr = rt.DeviceArray(self.hal, bv, implicit_host_transfer=True).to_host()
-            arr = arr.view(np_dtype).reshape(shape)
-        t = torch.from_numpy(np.array(arr, copy=True))
-        if dtype in _BIT_CAST:
-            t = t.view(dtype)
-        return t
+            bv = rt.HalBufferView(buffer, [nbytes], rt.HalElementType.UINT_8)
+            arr = rt.DeviceArray(self.hal, bv, implicit_host_transfer=True).to_host().reshape(-1).copy()
+        return torch.from_numpy(arr)
 
-    def allocate(self, shape, dtype: torch.dtype) -> rt.HalBufferView:
-        """A new device buffer of `shape`, contents unspecified (like torch.empty)."""
-        etype, np_dtype = _ELEMENT_TYPES[dtype]
-        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(np_dtype).itemsize
-        buffer = self.hal.allocator.allocate_buffer(
+    def allocate(self, nbytes: int):
+        """A new device buffer of `nbytes` bytes, contents unspecified (like torch.empty)."""
+        return self.hal.allocator.allocate_buffer(
             memory_type=rt.MemoryType.DEVICE_LOCAL,
             allowed_usage=rt.BufferUsage.DEFAULT,
-            allocation_size=nbytes,
+            allocation_size=max(nbytes, 1),
         )
-        return rt.HalBufferView(buffer, list(shape), etype)
 
     def copy(self, bv: rt.HalBufferView) -> rt.HalBufferView:
         """A new device buffer with the same bytes, shape and element type."""
         nbytes = bv.byte_length
-        if self._host_visible:
-            raw = bv.map().asarray([nbytes], np.dtype(np.uint8))
-        else:
-            raw = rt.DeviceArray(self.hal, bv, implicit_host_transfer=True).to_host().view(np.uint8).reshape(-1)
         buffer = self.hal.allocator.allocate_buffer_copy(
             memory_type=rt.MemoryType.DEVICE_LOCAL,
             allowed_usage=rt.BufferUsage.DEFAULT,
             device=self.hal,
-            buffer=raw,
+            buffer=self.download(bv.get_buffer(), nbytes).numpy(),
         )
         return rt.HalBufferView(buffer, list(bv.shape), bv.element_type)
 
     @staticmethod
-    def reshape(bv: rt.HalBufferView, shape) -> rt.HalBufferView:
-        """The same bytes under another shape (no copy)."""
-        return rt.HalBufferView(bv.get_buffer(), list(shape), bv.element_type)
+    def view(buffer, dtype: torch.dtype, shape) -> rt.HalBufferView:
+        """The first bytes of `buffer` as a dense array of `shape` and `dtype` (no copy)."""
+        return rt.HalBufferView(buffer, list(shape), _ELEMENT_TYPES[dtype])
+
 
 
 _devices: dict[str, Device] = {}

@@ -384,23 +384,25 @@ class DiskCache:
                 self.failure_hits += 1
         return record
 
-    def get_index(self, key: str) -> str | None:
-        """The key stored by :meth:`put_index` under ``key``, or None."""
+    def get_index(self, key: str) -> dict | None:
+        """The record stored by :meth:`put_index` under ``key``, or None."""
         if not self.enabled:
             return None
         payload = self._read(self._path(key, _INDEX_EXT), _INDEX_MAGIC)
-        target = None
+        record = None
         if payload is not None:
             try:
-                target = _check_key(payload.decode("ascii"))
-            except (UnicodeDecodeError, ValueError):
-                target = None
+                record = json.loads(payload.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                record = None
+            if not isinstance(record, dict):
+                record = None
         with self._lock:
-            if target is None:
+            if record is None:
                 self.index_misses += 1
             else:
                 self.index_hits += 1
-        return target
+        return record
 
     # --- writing -------------------------------------------------------------------
 
@@ -469,14 +471,15 @@ class DiskCache:
             with self._lock:
                 self.failure_writes += 1
 
-    def put_index(self, key: str, target_key: str) -> None:
-        """Record ``key`` -> ``target_key`` (both cache keys), e.g. from an op signature to
-        the kernel entry it compiled to, so a new process finds the kernel without
-        lowering the op again. Index records are not counted as kernel entries or
-        kernel hits/misses, and are evicted like any entry."""
+    def put_index(self, key: str, record: dict) -> None:
+        """Record ``key`` -> ``record`` (a JSON object), e.g. from an op signature to the
+        kernel entry it compiled to, so a new process finds the kernel without lowering the op
+        again. Index records are not counted as kernel entries or kernel hits/misses, and are
+        evicted like any entry."""
         if not self.enabled:
             return
-        payload = _check_key(target_key).encode("ascii")
+        _check_key(key)
+        payload = json.dumps(record, sort_keys=True).encode("utf-8")
         self._write(self._path(key, _INDEX_EXT), _pack(_INDEX_MAGIC, payload))
 
     # --- size bound ----------------------------------------------------------------

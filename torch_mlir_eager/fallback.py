@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch.utils._pytree import tree_map
 
-from .tensor import TorchMLIRTensor, DEVICE_TYPE
+from .tensor import TorchMLIRTensor, DEVICE_TYPE, host_view, write_host_values
 
 
 def _host_device(x):
@@ -25,10 +25,15 @@ def _host_device(x):
 class HostCopies:
     """Host copies of an op's arguments, aliasing preserved."""
 
-    def __init__(self, args, kwargs):
-        self.storages = {}  # id(DeviceStorage) -> (DeviceStorage, host flat tensor)
+    def __init__(self, args, kwargs, skip_read=None):
+        """`skip_read`: a device tensor whose values the op does not read; when it covers its
+        storage, its host copy is left uninitialised instead of downloaded."""
+        self.storages = {}  # id(DeviceStorage) -> (DeviceStorage, host bytes)
         self.originals = {}  # id(host tensor) -> device tensor it copies
         self.device = None
+        if isinstance(skip_read, TorchMLIRTensor) and skip_read.covers_storage():
+            storage = skip_read._storage_ref
+            self.storages[id(storage)] = (storage, torch.empty(storage.nbytes, dtype=torch.uint8))
         self.args = tree_map(self._to_host, args)
         self.kwargs = {k: _host_device(v) for k, v in tree_map(self._to_host, kwargs).items()}
 
@@ -39,7 +44,7 @@ class HostCopies:
             entry = self.storages.get(id(storage))
             if entry is None:
                 entry = self.storages[id(storage)] = (storage, storage.to_host())
-            host = entry[1].as_strided(x.shape, x.stride(), x.storage_offset())
+            host = host_view(entry[1], x.dtype, x.shape, x.stride(), x.storage_offset(), x._qparams)
             self.originals[id(host)] = x
             return host
         return _host_device(x)
@@ -60,17 +65,17 @@ class HostCopies:
                 if original is None:
                     continue
                 if tuple(host.shape) != tuple(original.shape):  # out= resized, as PyTorch does
-                    from .tensor import _copy_from_iree
-
                     original._resize(tuple(host.shape))
-                    _copy_from_iree(host, original)
+                    write_host_values(original, host)
                     continue
-                storage = original._storage_ref
+                storage, flat = self.storages[id(original._storage_ref)]
+                if host.is_quantized:  # rebuilt from its integers: put them back into the bytes
+                    ints = host_view(flat, host.int_repr().dtype, original.shape, original.stride(), original.storage_offset())
+                    ints.copy_(host.int_repr())
                 if id(storage) in done:
                     continue
                 done.add(id(storage))
-                flat = self.storages[id(storage)][1]
-                storage.replace(storage.device.upload(flat) if storage.numel else None)
+                storage.replace(storage.device.upload(flat) if storage.nbytes else None)
 
     def to_device(self, out):
         """Device tensors for the op's host results; inputs returned as they are map back."""
@@ -87,19 +92,14 @@ class HostCopies:
 
 
 def upload(t: torch.Tensor, device) -> TorchMLIRTensor:
-    """A new device tensor with `t`'s values, keeping its strides when they are dense."""
-    from .lowering import output_spec
-
-    spec = output_spec(t)
-    physical = t.permute(spec.perm) if spec.perm is not None else t
-    physical = physical.contiguous()
-    buf = device.upload(physical) if t.numel() else None
-    return TorchMLIRTensor._from_buffer(device, t.dtype, buf, tuple(t.shape), spec.stride)
+    """A new device tensor with `t`'s values, keeping its strides as `t.to(device)` would."""
+    return TorchMLIRTensor(t, device=device.driver)
 
 
 def run_native(func, kind, args, kwargs):
     """Run `func` natively on host copies; write back what it wrote; results onto the device."""
-    host = HostCopies(args, kwargs)
+    skip = args[0] if kind is not None and not kind.reads_self and args else None
+    host = HostCopies(args, kwargs, skip_read=skip)
     out = func(*host.args, **host.kwargs)
     if kind is not None and kind.written:
         host.write_back(kind.written, kind.arg_names)

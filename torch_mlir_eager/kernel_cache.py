@@ -1,7 +1,7 @@
 """The in-memory kernel cache and the statistics.
 
 A *key* is computed from the op and its argument metadata before anything is built (see
-`dispatch.make_key`). The cache maps a key to what is known about it:
+`keys.abstract`). The cache maps a key to what is known about it:
   - a `Kernel` (compiled and loaded: run it),
   - a `Fallback` (importing, lowering, compiling or validating failed once: run natively and
     never try again), or
@@ -47,21 +47,23 @@ class KernelCache:
             self._entries[key] = entry
 
     def get_or_build(self, key, build):
-        """The entry for `key`, calling `build()` at most once per key across threads."""
-        entry = self._entries.get(key)
-        if entry is not None:
-            return entry, False
-        with self._lock:
+        """The entry for `key`, calling `build()` at most once per key across threads. If the
+        build raises, the waiters try again themselves (the exception goes to its caller)."""
+        while True:
             entry = self._entries.get(key)
             if entry is not None:
                 return entry, False
-            event = self._building.get(key)
-            owner = event is None
+            with self._lock:
+                entry = self._entries.get(key)
+                if entry is not None:
+                    return entry, False
+                event = self._building.get(key)
+                owner = event is None
+                if owner:
+                    event = self._building[key] = threading.Event()
             if owner:
-                event = self._building[key] = threading.Event()
-        if not owner:
+                break
             event.wait()
-            return self._entries[key], False
         try:
             entry = build()
             with self._lock:
@@ -84,7 +86,8 @@ class KernelCache:
             return list(self._entries.items())
 
 
-CALL_KINDS = ("compiled_calls", "metadata_calls", "fallback_calls")
+COMPILED, METADATA, FALLBACK = "compiled_calls", "metadata_calls", "fallback_calls"
+CALL_KINDS = (COMPILED, METADATA, FALLBACK)
 
 
 class Stats:
@@ -104,6 +107,10 @@ class Stats:
             self.cache_misses = 0
             self.disk_cache_hits = 0
             self.validation_mismatches = 0
+            self.host_transfers = 0
+            self.host_transfer_bytes = 0
+            self.bounds_checks = 0
+            self.evictions = Counter()
             self.fallbacks: dict[str, dict] = {}
 
     def call(self, kind: str):
@@ -136,6 +143,21 @@ class Stats:
             if not ok:
                 self.compile_failures += 1
 
+    def host_transfer(self, nbytes: int):
+        """A read of device data on the host (`.cpu()`, `.item()`, printing, native fallbacks,
+        bounds checks): every one counts."""
+        with self._lock:
+            self.host_transfers += 1
+            self.host_transfer_bytes += nbytes
+
+    def evict(self, what: str):
+        with self._lock:
+            self.evictions[what] += 1
+
+    def bounds_check(self):
+        with self._lock:
+            self.bounds_checks += 1
+
     def mismatch(self):
         with self._lock:
             self.validation_mismatches += 1
@@ -144,10 +166,10 @@ class Stats:
         with self._lock:
             d = {kind: self.calls[kind] for kind in CALL_KINDS}
             d.update(
-                # fallback calls that were copies to the host (.cpu(), .item(), printing)
-                host_transfers=sum(
-                    v["count"] for v in self.fallbacks.values() if v["step"] == "transfer"
-                ),
+                host_transfers=self.host_transfers,
+                host_transfer_bytes=self.host_transfer_bytes,
+                bounds_checks=self.bounds_checks,
+                evictions=dict(self.evictions),
                 kernels_compiled=self.kernels_compiled,
                 compile_failures=self.compile_failures,
                 compile_seconds=round(self.compile_seconds, 6),

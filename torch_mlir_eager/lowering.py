@@ -20,7 +20,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from .layout import contiguous_strides
+from .layout import contiguous_strides, physical_order
 
 
 class StepError(Exception):
@@ -47,7 +47,8 @@ def first_line(message: str) -> str:
 # ---- the op call, abstracted ------------------------------------------------------------------
 @dataclass(frozen=True)
 class TensorSpec:
-    """What a kernel needs to know about one tensor: logical shape, strides and dtype."""
+    """What a kernel needs to know about one tensor input: logical shape, strides and dtype.
+    The kernel takes it as a dense buffer in its physical order (`perm`, see layout.py)."""
 
     shape: tuple
     stride: tuple
@@ -56,6 +57,15 @@ class TensorSpec:
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
+
+    @property
+    def perm(self):
+        return physical_order(self.shape, self.stride)[0]
+
+    @property
+    def physical_shape(self) -> tuple:
+        perm = self.perm
+        return self.shape if perm is None else tuple(self.shape[d] for d in perm)
 
 
 class Slot:
@@ -104,16 +114,14 @@ class OutputSpec:
 
 
 def output_spec(t: torch.Tensor) -> OutputSpec:
+    """The kernel writes a result in its physical order when its strides are dense (row-major,
+    channels_last, any permutation), so its strides match PyTorch's; any other result (gaps,
+    overlaps) gets the same values with contiguous strides."""
     shape, stride = tuple(t.shape), tuple(t.stride())
-    if stride == contiguous_strides(shape) or t.numel() <= 1:
+    perm, dense = physical_order(shape, stride)
+    if not dense:
         return OutputSpec(shape, contiguous_strides(shape), t.dtype, None)
-    perm = tuple(sorted(range(len(shape)), key=lambda d: (-stride[d], d)))
-    phys = tuple(shape[d] for d in perm)
-    expect = contiguous_strides(phys)
-    if all(shape[d] == 1 or stride[d] == expect[i] for i, d in enumerate(perm)):
-        return OutputSpec(shape, stride, t.dtype, perm)
-    # overlapping or gappy strides: keep the values, give them contiguous strides
-    return OutputSpec(shape, contiguous_strides(shape), t.dtype, None)
+    return OutputSpec(shape, stride, t.dtype, perm)
 
 
 # ---- trace: the one-op FX graph ---------------------------------------------------------------
@@ -172,7 +180,8 @@ def decomposition_attempts(func) -> list:
 
 
 def trace(body, specs, decompositions, functionalize: bool) -> torch.fx.GraphModule:
-    """The FX graph of `body(*tensors) -> [tensors]` on fake dense inputs of `specs`.
+    """The FX graph of `body(*tensors) -> [tensors]` on fake dense inputs of `specs` (in
+    their physical order).
 
     With `functionalize`, writes into inputs become value-returning ops (PyTorch's
     functionalization); the trailing copies back into the inputs are dropped, because `body`
@@ -193,7 +202,7 @@ def _trace(body, specs, decompositions, functionalize: bool) -> torch.fx.GraphMo
         fn = torch.func.functionalize(body, remove="mutations_and_views")
     mode = FakeTensorMode()
     with mode:
-        fakes = [torch.empty(s.shape, dtype=s.dtype) for s in specs]
+        fakes = [torch.empty(s.physical_shape, dtype=s.dtype) for s in specs]
         gm = make_fx(fn, decomposition_table=decompositions, tracing_mode="real")(*fakes)
     graph = gm.graph
     for node in list(graph.nodes):

@@ -25,11 +25,69 @@ VIEW, MUTATION, FUNCTIONAL, NATIVE = "view", "mutation", "functional", "native"
 class OpKind:
     kind: str
     name: str
-    written: tuple = ()  # MUTATION: names of the written arguments, in schema order
+    written: tuple = ()  # names of the written arguments, in schema order (MUTATION, and NATIVE ops that write)
     reason: str = ""  # NATIVE: why
+    native_step: str = "unsupported"  # NATIVE: the fallback step it counts under (transfer, random, ...)
+    reads_self: bool = True  # False: only self's metadata is read (random fills, *_like factories)
     inplace_view: bool = False  # changes the metadata of `self` (squeeze_, t_, as_strided_, ...)
     arg_names: tuple = field(default=())
+    dim_rank: object = None  # DimRank: which rank each dim argument counts from (None: no dims)
+    bounds: tuple = ()  # bounds.IndexBound per index argument to check before a kernel runs
+    guard: object = None  # guards.Guard: known wrong kernels of this op run natively
 
+
+@dataclass(frozen=True)
+class DimRank:
+    """Where the rank that a negative `dim`/`dims` argument counts from comes from, read from
+    the schema: `("rank", i, extra)`: the rank of tensor argument i, plus `extra` for ops whose
+    dim indexes their output (unsqueeze_copy, stack: one more dim); `("list", i, extra)`: the
+    rank of the first tensor of the tensor-list argument i (cat, stack); `("len", i)`: the
+    length of the int-list argument i (backward ops given `input_sizes`)."""
+
+    source: str
+    index: int
+    extra: int = 0
+
+    def rank(self, args, kwargs, arg_names):
+        value = args[self.index] if self.index < len(args) else kwargs.get(arg_names[self.index])
+        if self.source == "len":
+            return len(value) if isinstance(value, (list, tuple)) else None
+        if self.source == "list":
+            tensors = [t for t in value or () if isinstance(t, torch.Tensor)]
+            # cat skips legacy 1-D empty tensors when it reads the rank
+            ranked = [t for t in tensors if not (t.dim() == 1 and t.numel() == 0)] or tensors
+            return ranked[0].dim() + self.extra if ranked else None
+        return value.dim() + self.extra if isinstance(value, torch.Tensor) else None
+
+
+DIM_ARGS = ("dim", "dims")
+# ops whose dim indexes their result, which has one more dim than the input
+_OUTPUT_RANK_OPS = {"unsqueeze", "unsqueeze_copy", "unsqueeze_", "stack", "_stack"}
+# ops where dim=-1 means "no dim", not the last one
+_NO_DIM_NORMALIZATION = {
+    "_weight_norm", "_weight_norm_interface", "_weight_norm_interface_backward",
+    "_weight_norm_differentiable_backward", "norm_except_dim",
+}
+_SIZES_ARGS = ("input_sizes", "self_sizes")
+
+
+def _dim_rank(schema) -> DimRank | None:
+    names = [a.name for a in schema.arguments]
+    if not any(n in DIM_ARGS for n in names):
+        return None
+    base = schema.name.split("::")[-1]
+    if base in _NO_DIM_NORMALIZATION:
+        return None
+    for i, n in enumerate(names):
+        if n in _SIZES_ARGS or (base == "value_selecting_reduction_backward" and n == "sizes"):
+            return DimRank("len", i)
+    extra = 1 if base in _OUTPUT_RANK_OPS else 0
+    for i, a in enumerate(schema.arguments):
+        if isinstance(a.type, torch.TensorType):
+            return DimRank("rank", i, extra)
+        if _is_tensor_container(a.type):
+            return DimRank("list", i, extra)
+    return None
 
 
 def _batch_norm_functional(input, weight, bias, running_mean, running_var, training, momentum, eps):
@@ -68,32 +126,45 @@ _NATIVE_OPS = {
 }
 
 
+# Random ops that read only the metadata of `self`: they overwrite it, or make a new tensor like it.
+_SELF_NOT_READ = {
+    "normal_", "uniform_", "exponential_", "cauchy_", "log_normal_", "geometric_", "random_",
+    "aten.bernoulli_.float", "rand_like", "randn_like", "randint_like",
+}
+
+
 def _is_write(arg) -> bool:
     return arg.alias_info is not None and arg.alias_info.is_write
 
 
 @functools.lru_cache(maxsize=None)
 def classify(func) -> OpKind:
+    from . import bounds, guards
+
     schema = func._schema
     name = str(func)
     arg_names = tuple(a.name for a in schema.arguments)
+    written = REWRITE_WRITTEN.get(func) or tuple(a.name for a in schema.arguments if _is_write(a))
+    common = dict(name=name, arg_names=arg_names, written=written)
     if torch.Tag.inplace_view in func.tags:
-        return OpKind(MUTATION, name, written=("self",), arg_names=arg_names, inplace_view=True)
+        return OpKind(MUTATION, inplace_view=True, **common)
     if func in _NATIVE_OPS:
-        return OpKind(NATIVE, name, reason=_NATIVE_OPS[func], arg_names=arg_names)
+        step = "transfer" if func is aten._local_scalar_dense.default else "unsupported"
+        return OpKind(NATIVE, reason=_NATIVE_OPS[func], native_step=step, **common)
     if torch.Tag.nondeterministic_seeded in func.tags:
-        return OpKind(NATIVE, name, reason="random op (no compiled form; runs natively)", arg_names=arg_names)
+        reason = "random op: runs natively with the CPU generator, so values match the CPU's under the same seed"
+        reads = schema.name.split("::")[-1] not in _SELF_NOT_READ and str(func) not in _SELF_NOT_READ
+        return OpKind(NATIVE, reason=reason, native_step="random", reads_self=reads, **common)
     for ret in schema.returns:
         t = ret.type
         if not (isinstance(t, torch.TensorType) or _is_tensor_container(t) or _is_optional_tensor(t)):
-            return OpKind(NATIVE, name, reason=f"returns {t}, not tensors", arg_names=arg_names)
-
-    written = REWRITE_WRITTEN.get(func) or tuple(a.name for a in schema.arguments if _is_write(a))
+            return OpKind(NATIVE, reason=f"returns {t}, not tensors", **common)
+    facts = dict(dim_rank=_dim_rank(schema), bounds=bounds.for_schema(schema), guard=guards.for_op(name), **common)
     if written:
-        return OpKind(MUTATION, name, written=written, arg_names=arg_names)
+        return OpKind(MUTATION, **facts)
     if any(r.alias_info is not None for r in schema.returns):
-        return OpKind(VIEW, name, arg_names=arg_names)
-    return OpKind(FUNCTIONAL, name, arg_names=arg_names)
+        return OpKind(VIEW, **facts)
+    return OpKind(FUNCTIONAL, **facts)
 
 
 def _is_tensor_container(t) -> bool:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 import torch.utils.backend_registration as _backend_registration
 
-from .device import Device, get_device, SUPPORTED_DTYPES
-from .layout import contiguous_strides as _contiguous_strides
+from .device import Device, get_device
+from .layout import contiguous_strides as _contiguous_strides, physical_order
 
 DEVICE_TYPE = "iree"
 
@@ -47,11 +47,11 @@ class _IreeBackendModule:
 
     @staticmethod
     def manual_seed(seed):
-        pass  # torch.manual_seed seeds the CPU generator, which random ops use
+        torch.default_generator.manual_seed(seed)  # random ops use the CPU generator
 
     @staticmethod
     def manual_seed_all(seed):
-        pass
+        torch.default_generator.manual_seed(seed)
 
     @staticmethod
     def synchronize(device=None):
@@ -71,45 +71,118 @@ _register_device_type()
 
 
 class DeviceStorage:
-    """A flat run of `numel` elements of `dtype` in a device buffer shared by all aliases.
+    """`nbytes` bytes in a device buffer, shared by every alias (views, `detach`, in-place
+    results, views of another dtype). Like PyTorch's storages it is untyped: each tensor reads
+    it with its own dtype, sizes, strides and offset.
 
-    `buffer` always holds exactly `numel` elements, in row-major order, but may carry any shape
-    (usually the shape of the kernel result it came from). `version` changes on every write.
+    `buffer` is an IREE `HalBuffer` holding at least `nbytes` bytes (None when `nbytes` is 0);
+    `version` changes on every write.
     """
 
-    __slots__ = ("device", "dtype", "numel", "buffer", "version", "_shaped", "__weakref__")
+    __slots__ = ("device", "nbytes", "buffer", "version", "_view", "__weakref__")
 
-    def __init__(self, device: Device, dtype: torch.dtype, numel: int, buffer):
+    def __init__(self, device: Device, nbytes: int, buffer, view=None):
         self.device = device
-        self.dtype = dtype
-        self.numel = numel
-        self.buffer = buffer  # iree.runtime.HalBufferView, or None when numel == 0
-        self.version = 0
-        self._shaped = None
-
-    def replace(self, buffer):
-        """Make `buffer` (same element count) the storage's contents: a write seen by all aliases."""
+        self.nbytes = nbytes
         self.buffer = buffer
-        self.version += 1
-        self._shaped = None
+        self.version = 0
+        self._view = view  # ((dtype, shape), HalBufferView): the last dense view handed out
 
-    def shaped(self, shape: tuple):
-        """The buffer viewed with `shape` (same bytes, no copy)."""
-        buf = self.buffer
-        if tuple(buf.shape) == shape:
-            return buf
-        cached = self._shaped
-        if cached is not None and cached[0] == shape:
+    @classmethod
+    def of_result(cls, device: Device, dtype: torch.dtype, result, numel: int) -> "DeviceStorage":
+        """The storage of a fresh kernel result (a `HalBufferView`, None when zero-size)."""
+        if result is None:
+            return cls(device, 0, None)
+        return cls(device, numel * _itemsize(dtype), result.get_buffer(), ((dtype, tuple(result.shape)), result))
+
+    def replace(self, data, dtype: torch.dtype | None = None):
+        """Make `data` the storage's contents, seen by all aliases: a `HalBuffer`, or a kernel
+        result `HalBufferView` of `dtype` covering the whole storage."""
+        if dtype is not None:
+            self.buffer = data.get_buffer()
+            self._view = ((dtype, tuple(data.shape)), data)
+        else:
+            self.buffer = data
+            self._view = None
+        self.version += 1
+
+    def view(self, dtype: torch.dtype, shape: tuple):
+        """The first bytes of the storage as a dense device array of `shape` (no copy)."""
+        cached = self._view
+        if cached is not None and cached[0][0] == dtype and cached[0][1] == shape:
             return cached[1]
-        view = Device.reshape(buf, shape)
-        self._shaped = (shape, view)
-        return view
+        bv = Device.view(self.buffer, dtype, shape)
+        self._view = ((dtype, shape), bv)
+        return bv
+
+    def flat(self, dtype: torch.dtype):
+        """The whole storage as a 1-D device array of `dtype`."""
+        return self.view(dtype, (self.nbytes // _itemsize(dtype),))
 
     def to_host(self) -> torch.Tensor:
-        """The whole storage as a flat CPU tensor."""
-        if self.numel == 0:
-            return torch.empty(0, dtype=self.dtype)
-        return self.device.download(self.buffer, self.dtype, (self.numel,))
+        """The storage's bytes as a new CPU uint8 tensor: a host transfer, counted."""
+        if self.nbytes == 0:
+            return torch.empty(0, dtype=torch.uint8)
+        from .kernel_cache import STATS
+
+        STATS.host_transfer(self.nbytes)
+        return self.device.download(self.buffer, self.nbytes)
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return dtype.itemsize
+
+
+def host_view(flat_bytes: torch.Tensor, dtype, size, stride, offset, qparams=None) -> torch.Tensor:
+    """A CPU tensor reading (`size`, `stride`, `offset`) of `dtype` out of a storage's bytes.
+    A view of the bytes, except for quantized tensors (rebuilt from their integer values)."""
+    item = _itemsize(dtype)
+    usable = flat_bytes[: flat_bytes.numel() // item * item]
+    if qparams is not None:
+        ints = usable.view(_QUANTIZED_INT[dtype]).as_strided(size, stride, offset)
+        return qparams.quantize(ints)
+    return usable.view(dtype).as_strided(size, stride, offset)
+
+
+# quantized dtype -> the integer dtype of its values
+_QUANTIZED_INT = {
+    torch.qint8: torch.int8,
+    torch.quint8: torch.uint8,
+    torch.qint32: torch.int32,
+    torch.quint4x2: torch.uint8,
+    torch.quint2x4: torch.uint8,
+}
+
+
+class QParams:
+    """The quantizer of a quantized tensor (its values are stored as integers)."""
+
+    __slots__ = ("scheme", "scale", "zero_point", "axis")
+
+    def __init__(self, t: torch.Tensor):
+        self.scheme = t.qscheme()
+        if self.scheme in (torch.per_tensor_affine, torch.per_tensor_symmetric):
+            self.scale, self.zero_point, self.axis = t.q_scale(), t.q_zero_point(), None
+        else:
+            self.scale = t.q_per_channel_scales()
+            self.zero_point = t.q_per_channel_zero_points()
+            self.axis = t.q_per_channel_axis()
+
+    @property
+    def per_tensor(self) -> bool:
+        return self.axis is None
+
+    def quantize_values(self, values: torch.Tensor, dtype) -> torch.Tensor:
+        """Float values quantized with this quantizer."""
+        if self.per_tensor:
+            return torch.quantize_per_tensor(values, self.scale, self.zero_point, dtype)
+        return torch.quantize_per_channel(values, self.scale, self.zero_point, self.axis, dtype)
+
+    def quantize(self, ints: torch.Tensor) -> torch.Tensor:
+        """A quantized CPU tensor with these integer values (a copy)."""
+        if self.per_tensor:
+            return torch._make_per_tensor_quantized_tensor(ints.contiguous(), self.scale, self.zero_point)
+        return torch._make_per_channel_quantized_tensor(ints.contiguous(), self.scale, self.zero_point, self.axis)
 
 
 _dispatch_module = None
@@ -122,10 +195,35 @@ def _dispatch(func, args, kwargs):
     return _dispatch_module.dispatch(func, args, kwargs)
 
 
+def device_strides(data: torch.Tensor) -> tuple:
+    """The strides `data.to(device)` gives its copy: the same for a dense tensor (row-major,
+    channels_last or any permutation), else those of `torch.empty_like` (preserve_format)."""
+    if data.is_quantized:
+        return _contiguous_strides(tuple(data.shape))
+    _, dense = physical_order(tuple(data.shape), tuple(data.stride()))
+    if dense:
+        return tuple(data.stride())
+    return tuple(torch.empty_like(data, device="meta").stride())
+
+
+def storage_bytes(data: torch.Tensor, stride: tuple) -> torch.Tensor:
+    """The bytes of a storage that holds exactly `data` laid out with `stride` (offset 0)."""
+    if data.is_quantized:
+        data = data.int_repr()
+    size = tuple(data.shape)
+    if tuple(data.stride()) != stride or data.storage_offset() != 0 or (
+        data.untyped_storage().nbytes() != data.numel() * data.element_size()
+    ):
+        data = torch.empty_strided(size, stride, dtype=data.dtype).copy_(data)
+    return torch.empty(0, dtype=torch.uint8).set_(data.untyped_storage())
+
+
 class TorchMLIRTensor(torch.Tensor):
-    """A tensor on an IREE device. `TorchMLIRTensor(x, device="local-sync")` copies `x` there."""
+    """A tensor on an IREE device. `TorchMLIRTensor(x, device="local-sync")` copies `x` there,
+    keeping its strides as `x.to(device)` would."""
 
     _storage_ref: DeviceStorage
+    _qparams: QParams | None = None
 
     @staticmethod
     def __new__(cls, data, device: str | None = None, requires_grad: bool = False):
@@ -137,42 +235,52 @@ class TorchMLIRTensor(torch.Tensor):
             data = torch.as_tensor(data)
         if data.device.type != "cpu":
             raise ValueError(f"TorchMLIRTensor wraps CPU tensors; got one on {data.device}")
-        if data.dtype not in SUPPORTED_DTYPES:
-            raise TypeError(f"TorchMLIRTensor: dtype {data.dtype} is not supported")
         if data.layout != torch.strided:
             raise TypeError(f"TorchMLIRTensor: layout {data.layout} is not supported")
         dev = get_device(device)
-        data = data.detach().contiguous()
-        storage = DeviceStorage(dev, data.dtype, data.numel(), dev.upload(data.reshape(-1)) if data.numel() else None)
-        return cls._make(storage, tuple(data.shape), tuple(data.stride()), 0, requires_grad)
+        data = data.detach()
+        if data.is_conj() or data.is_neg():
+            data = data.resolve_conj().resolve_neg()
+        stride = device_strides(data)
+        payload = storage_bytes(data, stride)
+        storage = DeviceStorage(dev, payload.numel(), dev.upload(payload) if payload.numel() else None)
+        qparams = QParams(data) if data.is_quantized else None
+        return cls._make(storage, data.dtype, tuple(data.shape), stride, 0, requires_grad, qparams)
 
     def __init__(self, *args, **kwargs):
         pass
 
     @classmethod
-    def _make(cls, storage: DeviceStorage, size, stride, offset: int, requires_grad: bool = False):
+    def _make(cls, storage: DeviceStorage, dtype, size, stride, offset: int, requires_grad: bool = False, qparams=None):
         t = torch.Tensor._make_wrapper_subclass(
             cls,
             size,
             strides=stride,
             storage_offset=offset,
-            dtype=storage.dtype,
+            dtype=dtype,
             device=torch.device(DEVICE_TYPE, 0),
             requires_grad=requires_grad,
         )
         t._storage_ref = storage
+        if qparams is not None:
+            t._qparams = qparams
         t._note_metadata(size, stride, offset)
         return t
 
     def _note_metadata(self, size, stride, offset):
         # what the hot path asks, computed once per metadata change
         size, stride = tuple(size), tuple(stride)
-        self._spec = (self._storage_ref.dtype, size, stride)
+        dtype = self.dtype
+        self._spec = (dtype, size, stride)
         numel = 1
         for s in size:
             numel *= s
         self._numel = numel
-        self._dense = offset == 0 and (numel <= 1 or stride == _contiguous_strides(size))
+        perm, dense = physical_order(size, stride)
+        self._perm = perm  # the kernel takes this tensor in physical order (see layout.py)
+        self._phys_shape = size if perm is None else tuple(size[d] for d in perm)
+        # the storage size at which this tensor is its whole storage (-1: never)
+        self._whole_nbytes = numel * dtype.itemsize if dense and offset == 0 else -1
 
     def _set_metadata(self, size, stride, offset):
         """Change this tensor's own size/stride/offset (in-place view ops, resize_)."""
@@ -181,10 +289,10 @@ class TorchMLIRTensor(torch.Tensor):
         size, stride = tuple(size), tuple(stride)
         extent = offset + 1 + sum((s - 1) * st for s, st in zip(size, stride)) if all(size) else offset
         placeholder = self.untyped_storage()  # PyTorch's own (data-less) storage of the wrapper
-        needed = max(extent, self._storage_ref.numel) * self.element_size()
+        needed = max(extent * self.element_size(), self._storage_ref.nbytes)
         if needed > placeholder.nbytes():
             bigger = torch.Tensor._make_wrapper_subclass(
-                TorchMLIRTensor, (needed // self.element_size(),), dtype=self.dtype, device=self.device
+                TorchMLIRTensor, (needed,), dtype=torch.uint8, device=self.device
             )
             placeholder = bigger.untyped_storage()
         with no_dispatch():  # the Meta kernel of set_ only rewrites metadata
@@ -201,37 +309,44 @@ class TorchMLIRTensor(torch.Tensor):
         for s in size:
             numel *= s
         storage = self._storage_ref
-        if offset + numel > storage.numel:
-            old = storage.to_host()
-            grown = torch.zeros(offset + numel, dtype=storage.dtype)
-            grown[: old.numel()] = old
-            storage.numel = offset + numel
+        needed = (offset + numel) * self.element_size()
+        if needed > storage.nbytes:
+            grown = torch.zeros(needed, dtype=torch.uint8)
+            grown[: storage.nbytes] = storage.to_host()
+            storage.nbytes = needed
             storage.replace(storage.device.upload(grown))
         self._set_metadata(size, _contiguous_strides(size), offset)
 
     @classmethod
-    def _from_buffer(cls, device: Device, dtype, buffer, size, stride=None):
+    def _from_buffer(cls, device: Device, dtype, result, size, stride=None):
         """A new tensor owning a fresh storage made of a dense kernel result."""
         size = tuple(size)
         numel = 1
         for s in size:
             numel *= s
-        storage = DeviceStorage(device, dtype, numel, buffer)
-        return cls._make(storage, size, stride if stride is not None else _contiguous_strides(size), 0)
+        storage = DeviceStorage.of_result(device, dtype, result, numel)
+        return cls._make(storage, dtype, size, stride if stride is not None else _contiguous_strides(size), 0)
 
     # ---- metadata --------------------------------------------------------------------------
     @property
     def iree_device(self) -> Device:
         return self._storage_ref.device
 
-    def is_dense(self) -> bool:
-        """True when the tensor is exactly its whole storage in row-major order."""
-        return self._dense and self._numel == self._storage_ref.numel
+    def covers_storage(self) -> bool:
+        """True when the tensor is exactly its whole storage, in a dense layout (row-major, or
+        a permutation of it such as channels_last): a kernel takes the storage as it is."""
+        return self._whole_nbytes == self._storage_ref.nbytes
+
+    def is_row_major(self) -> bool:
+        """True when the tensor is its whole storage in row-major order."""
+        return self._perm is None and self.covers_storage()
 
     def _host(self) -> torch.Tensor:
-        """A CPU tensor with the same values, sizes and strides (a copy)."""
-        flat = self._storage_ref.to_host()
-        return flat.as_strided(self.shape, self.stride(), self.storage_offset())
+        """A CPU tensor with the same values, sizes and strides (a copy). Reads device data:
+        callers count it as a host transfer."""
+        return host_view(
+            self._storage_ref.to_host(), self.dtype, self.shape, self.stride(), self.storage_offset(), self._qparams
+        )
 
     # ---- dispatch --------------------------------------------------------------------------
     @classmethod
@@ -262,13 +377,12 @@ class TorchMLIRTensor(torch.Tensor):
 # give them TorchMLIRTensors on the default driver.
 def _empty_strided_iree(size, stride, dtype=None, layout=None, device=None, pin_memory=None):
     dtype = dtype or torch.get_default_dtype()
-    if dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"TorchMLIRTensor: dtype {dtype} is not supported")
     size, stride = tuple(size), tuple(stride)
     extent = 1 + sum((s - 1) * st for s, st in zip(size, stride)) if all(s > 0 for s in size) else 0
+    nbytes = extent * dtype.itemsize
     dev = get_device()
-    storage = DeviceStorage(dev, dtype, extent, dev.allocate((extent,), dtype) if extent else None)
-    return TorchMLIRTensor._make(storage, size, stride, 0)
+    storage = DeviceStorage(dev, nbytes, dev.allocate(nbytes) if nbytes else None)
+    return TorchMLIRTensor._make(storage, dtype, size, stride, 0)
 
 
 def _empty_iree(size, dtype=None, layout=None, device=None, pin_memory=None, memory_format=None):
@@ -279,19 +393,30 @@ def _copy_from_iree(src, dst, non_blocking=False):
     """Copies across the host/device boundary that PyTorch makes below __torch_dispatch__
     (`torch.tensor(..., device="iree")` does)."""
     if isinstance(dst, TorchMLIRTensor):
-        host = src._host() if isinstance(src, TorchMLIRTensor) else src
-        value = host.to(dst.dtype).expand(dst.shape)
-        storage = dst._storage_ref
-        if dst.is_dense():
-            if storage.numel:
-                storage.replace(storage.device.upload(value.contiguous().reshape(-1)))
-        else:
-            flat = storage.to_host()
-            flat.as_strided(dst.shape, dst.stride(), dst.storage_offset()).copy_(value)
-            storage.replace(storage.device.upload(flat))
+        if isinstance(src, TorchMLIRTensor):
+            src = src._host()
+        write_host_values(dst, src)
         return dst
     dst.copy_(src._host())
     return dst
+
+
+def write_host_values(dst: TorchMLIRTensor, value: torch.Tensor):
+    """Write CPU values (broadcast to dst's shape) into dst's elements, seen by all its aliases."""
+    storage = dst._storage_ref
+    if storage.nbytes == 0:
+        return
+    dtype, q = dst.dtype, dst._qparams
+    if q is not None:  # a quantized tensor stores integers
+        dtype = _QUANTIZED_INT[dtype]
+        value = value.int_repr() if value.is_quantized else q.quantize_values(value, dst.dtype).int_repr()
+    if dst.covers_storage():
+        host = torch.empty_strided(dst.shape, dst.stride(), dtype=dtype).copy_(value)
+        storage.replace(storage.device.upload(storage_bytes(host, tuple(dst.stride()))))
+        return
+    flat = storage.to_host()
+    host_view(flat, dtype, dst.shape, dst.stride(), dst.storage_offset()).copy_(value)
+    storage.replace(storage.device.upload(flat))
 
 
 _factory_lib = torch.library.Library("aten", "IMPL")

@@ -1,0 +1,99 @@
+"""Device buffers for kernels: a tensor's values as a dense kernel input, and writes into a tensor.
+
+A kernel takes each input as a dense buffer in the tensor's physical order (see layout.py) and
+returns each written input's new values the same way. A tensor that is its whole storage is
+passed as it is and written by replacing the storage's buffer; any other tensor goes through a
+compiled gather or scatter over the flat storage, read in the tensor's own dtype.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from . import compile_pool, compiler, layout
+from .kernel import Kernel
+from .kernel_cache import CACHE, STATS, Fallback
+from .lowering import Slot, TensorSpec
+
+
+def dense_buffer(t):
+    """The tensor's values as a dense device buffer in its physical order: the storage itself
+    when the tensor covers it, else a compiled gather."""
+    storage = t._storage_ref
+    if t._whole_nbytes == storage.nbytes:
+        return storage.view(t.dtype, t._phys_shape)
+    size, stride = layout.permute_geometry(t.shape, t.stride(), t._perm)
+    op = layout.gather_op(size, stride, t.storage_offset())
+    return run_layout_kernel(op, storage, t.dtype, [storage.flat(t.dtype)])
+
+
+def write(dst, value):
+    """Make `value` (a dense buffer of dst's values in its physical order) dst's contents, seen
+    by all its aliases."""
+    storage = dst._storage_ref
+    if dst._whole_nbytes == storage.nbytes:
+        storage.replace(value, dst.dtype)
+        return
+    size, stride = tuple(dst.shape), tuple(dst.stride())
+    if layout.has_internal_overlap(size, stride):
+        raise RuntimeError(
+            "unsupported operation: more than one element of the written-to tensor refers to a "
+            "single memory location. Please clone() the tensor before performing the operation."
+        )
+    size, stride = layout.permute_geometry(size, stride, dst._perm)
+    op = layout.scatter_op(size, stride, dst.storage_offset())
+    dtype = dst.dtype
+    if storage.nbytes % dtype.itemsize:  # a tail of bytes no element of this dtype covers
+        storage.replace(_host_layout(op, storage, dtype, [storage.flat(dtype), value], whole=True))
+        return
+    storage.replace(run_layout_kernel(op, storage, dtype, [storage.flat(dtype), value]), dtype)
+
+
+def run_layout_kernel(op: layout.LayoutOp, storage, dtype, buffers):
+    """Run a gather/scatter kernel (compiled once per geometry) on `buffers`."""
+    flat_len = storage.nbytes // dtype.itemsize
+    key = ("layout", op, dtype, flat_len, storage.device.driver)
+    entry = CACHE.get(key)
+    STATS.lookup(hit=entry is not None)
+    if entry is None:
+        specs = [TensorSpec((flat_len,), (1,), dtype)]
+        if op.kind == "scatter":
+            specs.append(TensorSpec(op.size, layout.contiguous_strides(op.size), dtype))
+        template = (tuple(Slot(i) for i in range(len(specs))), {})
+        recipe = compiler.Recipe(op.__name__, op, None, template, specs, storage.device, key)
+        entry = compile_pool.build_blocking(recipe)
+    if isinstance(entry, Kernel):
+        return entry(buffers)[0]
+    reason = entry.reason if isinstance(entry, Fallback) else "no kernel"
+    return _host_layout(op, storage, dtype, buffers, whole=False, reason=reason)
+
+
+# A gather/scatter with no kernel runs on the host: the call it serves is then no longer a
+# compiled call. dispatch.record reads (and clears) this per-thread note.
+_host_work = threading.local()
+
+
+def take_host_work_note():
+    """The reason the current call did host work for a layout op, or None; clears it."""
+    reason = getattr(_host_work, "reason", None)
+    _host_work.reason = None
+    return reason
+
+
+def _host_layout(op, storage, dtype, buffers, whole: bool, reason: str = "storage size is not a multiple of the dtype"):
+    """The gather/scatter done on host copies: correct, slow, and counted as host work."""
+    _host_work.reason = f"{op.kind} on the host ({reason})"
+    device = storage.device
+    flat_bytes = storage.to_host()
+    flat = flat_bytes[: flat_bytes.numel() // dtype.itemsize * dtype.itemsize].view(dtype)
+    if op.kind == "gather":
+        values = op(flat).contiguous()
+        return device.view(device.upload(values), dtype, tuple(values.shape))
+    values = device.download(buffers[1].get_buffer(), buffers[1].byte_length).view(dtype)
+    STATS.host_transfer(buffers[1].byte_length)
+    flat = op(flat, values)
+    if whole:  # keep the tail bytes that no element covers
+        flat_bytes = flat_bytes.clone()
+        flat_bytes[: flat.numel() * dtype.itemsize] = flat.reshape(-1).view(flat_bytes.dtype)
+        return device.upload(flat_bytes)
+    return device.view(device.upload(flat), dtype, (flat.numel(),))

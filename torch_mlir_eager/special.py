@@ -1,0 +1,183 @@
+"""Calls with a path of their own: copies that can share a buffer, copies to and from the host,
+metadata changes of `self` (resize_, squeeze_, t_, ...), storage changes (refused), lazy
+conjugation/negation bits, and known miscompiles. Each handler returns (result, outcome), where
+the outcome is what `dispatch.record` counts.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import dispatch, views
+from .buffers import dense_buffer, write
+from .fallback import run_native, upload
+from .kernel_cache import COMPILED, METADATA, Fallback
+from .layout import has_internal_overlap
+from .ops import classify
+from .tensor import DEVICE_TYPE, DeviceStorage, TorchMLIRTensor
+
+aten = torch.ops.aten
+TO_HOST = Fallback("transfer", "copy to the host (device -> cpu)")
+
+
+def handler_for(func, kind):
+    """The special handler of `func`, or None."""
+    handler = _HANDLERS.get(func)
+    if handler is None and kind.inplace_view:
+        return _inplace_view
+    return handler
+
+
+def _to_copy(func, kind, args, kwargs):
+    (src,) = args
+    target = kwargs.get("device")
+    if target is not None and torch.device(target).type == "cpu":
+        return func(src._host(), **kwargs), TO_HOST
+    if _shares_buffer(src, kwargs):
+        return share(src), METADATA
+    return dispatch.run_op(func, kind, args, kwargs)
+
+
+def _clone(func, kind, args, kwargs):
+    src = args[0]
+    fmt = kwargs.get("memory_format", args[1] if len(args) > 1 else None)
+    if _shares_buffer(src, {"memory_format": fmt}):
+        return share(src), METADATA
+    return dispatch.run_op(func, kind, args, kwargs)
+
+
+def share(src: TorchMLIRTensor) -> TorchMLIRTensor:
+    """A copy of a tensor that covers its storage: a new storage over the same buffer, same
+    strides. Buffers are never written in place (a write replaces a storage's buffer), so
+    sharing one is safe."""
+    s = src._storage_ref
+    storage = DeviceStorage(s.device, s.nbytes, s.buffer)
+    return TorchMLIRTensor._make(storage, src.dtype, tuple(src.shape), tuple(src.stride()), 0, qparams=src._qparams)
+
+
+def _shares_buffer(src: TorchMLIRTensor, kwargs) -> bool:
+    """True when _to_copy/clone(src, **kwargs) may return a tensor sharing src's buffer: it
+    changes nothing but the tensor's identity."""
+    if not src.covers_storage():
+        return False
+    for k, v in kwargs.items():
+        if v is None:
+            continue
+        if k == "dtype":
+            if v != src.dtype:
+                return False
+        elif k == "memory_format":
+            if v is torch.preserve_format:
+                continue
+            if v is torch.contiguous_format:
+                if not src.is_row_major():
+                    return False
+            elif v is torch.channels_last or v is torch.channels_last_3d:
+                want = torch.empty(src.shape, device="meta", memory_format=v).stride()
+                if tuple(want) != tuple(src.stride()):
+                    return False
+            else:
+                return False
+        elif k == "device":
+            if torch.device(v).type != DEVICE_TYPE:
+                return False
+        elif k == "pin_memory":
+            if v:
+                return False
+        elif k not in ("layout", "non_blocking"):
+            return False
+    return True
+
+
+def _copy_(func, kind, args, kwargs):
+    dst, src = args[0], args[1]
+    if not isinstance(dst, TorchMLIRTensor):  # device values into a CPU tensor
+        dst.copy_(src._host())
+        return dst, TO_HOST
+    if not isinstance(src, TorchMLIRTensor):  # host -> device: allowed for copy_ at any size
+        src = upload(src.detach(), dst._storage_ref.device)
+        args = (dst, src) + tuple(args[2:])
+    same_layout = src._perm == dst._perm  # dense_buffer(src) is then laid out as dst wants
+    if (src.shape == dst.shape and src.dtype == dst.dtype and same_layout and dst._qparams is None
+            and src._storage_ref.device is dst._storage_ref.device):
+        if dst.numel() > 1 and has_internal_overlap(tuple(dst.shape), tuple(dst.stride())):
+            raise RuntimeError(
+                "unsupported operation: more than one element of the written-to tensor refers to a "
+                "single memory location. Please clone() the tensor before performing the operation."
+            )
+        if dst.numel() == 0:
+            return dst, METADATA
+        plain = src.covers_storage() and dst.covers_storage()
+        write(dst, dense_buffer(src))
+        return dst, METADATA if plain else COMPILED
+    return dispatch.run_op(func, kind, args, kwargs)
+
+
+def _resize_(func, kind, args, kwargs):
+    t, size = args[0], tuple(args[1])
+    if size == tuple(t.shape):
+        return t, METADATA
+    grows = (t.storage_offset() + math.prod(size)) * t.element_size() > t._storage_ref.nbytes
+    t._resize(size)
+    if grows:  # the storage was copied through the host to grow it
+        return t, Fallback("transfer", "resize_ grew the storage through the host")
+    return t, METADATA
+
+
+def _inplace_view(func, kind, args, kwargs):
+    return views.run_inplace_view(func, kind, args, kwargs), METADATA
+
+
+def _set_(func, kind, args, kwargs):
+    raise RuntimeError(f"torch_mlir_eager: {kind.name} (changing a tensor's storage) is not supported")
+
+
+def _lazy_view_as_op(op):
+    """_conj/_neg_view mark a lazy conjugation/negation bit that a device tensor does not carry:
+    compute the values instead (a copy, not an alias)."""
+
+    def handler(func, kind, args, kwargs):
+        return dispatch.run_op(op, classify(op), args, kwargs)
+
+    return handler
+
+
+def _known_miscompile(reason, predicate):
+    """An op whose compiled form gives wrong numbers in some uses: run those natively.
+    `predicate(bound)` gets the arguments by schema name."""
+
+    def handler(func, kind, args, kwargs):
+        bound = dict(zip(kind.arg_names, args))
+        bound.update(kwargs)
+        if predicate(bound):
+            return run_native(func, kind, args, kwargs), Fallback("guard", reason)
+        return dispatch.run_op(func, kind, args, kwargs)
+
+    return handler
+
+
+def _unsafe_view(func, kind, args, kwargs):
+    return views.run_view(func, args, kwargs), METADATA
+
+
+_EMBEDDING_BAG_WEIGHTS = _known_miscompile(
+    "known miscompile: torch-mlir ignores per_sample_weights",
+    lambda bound: bound.get("per_sample_weights") is not None,
+)
+
+_HANDLERS = {
+    aten._conj.default: _lazy_view_as_op(aten.conj_physical.default),
+    aten._neg_view.default: _lazy_view_as_op(aten.neg.default),
+    aten._embedding_bag.default: _EMBEDDING_BAG_WEIGHTS,
+    aten._embedding_bag_forward_only.default: _EMBEDDING_BAG_WEIGHTS,
+    aten._to_copy.default: _to_copy,
+    aten.clone.default: _clone,
+    aten.copy_.default: _copy_,
+    aten.resize_.default: _resize_,
+    aten.set_.source_Tensor: _set_,
+    aten.set_.source_Storage: _set_,
+    aten.set_.source_Storage_storage_offset: _set_,
+    aten._unsafe_view.default: _unsafe_view,
+}

@@ -1,0 +1,107 @@
+"""Views: new metadata (dtype, sizes, strides, offset) over the same device storage, no kernel.
+
+PyTorch's own meta kernels compute the metadata: the view op runs on a meta tensor with the
+same geometry over a meta storage of the same size. Storages are bytes, so a view may read
+them in another dtype (`view(torch.int32)`, `view_as_real`, `.real`/`.imag`) like PyTorch's.
+The metadata is memoized per (op, argument geometry) in a bounded LRU.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+import torch
+
+from .kernel_cache import STATS
+from .tensor import TorchMLIRTensor, _QUANTIZED_INT
+
+aten = torch.ops.aten
+
+MEMO_SIZE = 4096
+_memo: OrderedDict = OrderedDict()
+_memo_lock = threading.Lock()
+
+
+def clear_memo():
+    with _memo_lock:
+        _memo.clear()
+
+
+def memo_size() -> int:
+    return len(_memo)
+
+
+def run_view(func, args, kwargs):
+    """A view of the first tensor argument's storage; None when the base is quantized per
+    channel (its quantizer depends on the view: such views run natively, as copies)."""
+    base = next(a for a in args if isinstance(a, TorchMLIRTensor))
+    if base._qparams is not None and not base._qparams.per_tensor:
+        return None
+    key = (func,) + tuple(_view_key(a) for a in args) + tuple((k, _view_key(v)) for k, v in sorted(kwargs.items()))
+    metas = _memo.get(key)
+    if metas is None:
+        metas = _view_metadata(func, args, kwargs, base)
+        with _memo_lock:
+            _memo[key] = metas
+            if len(_memo) > MEMO_SIZE:
+                _memo.popitem(last=False)
+                STATS.evict("view_memo")
+    else:
+        try:
+            _memo.move_to_end(key)
+        except KeyError:  # evicted by another thread meanwhile
+            pass
+    is_seq, seq_type, items = metas
+    storage = base._storage_ref
+    qparams = base._qparams
+    views = [TorchMLIRTensor._make(storage, dtype, size, stride, offset, qparams=qparams) for dtype, size, stride, offset in items]
+    return seq_type(views) if is_seq else views[0]
+
+
+def _view_metadata(func, args, kwargs, base):
+    meta_func = aten.view.default if func is aten._unsafe_view.default else func
+    out = meta_func(*[meta(a) for a in args], **{k: meta(v) for k, v in kwargs.items()})
+    flat = list(out) if isinstance(out, (list, tuple)) else [out]
+    proxy = _proxy_dtype(base.dtype)
+
+    def dtype_of(m):  # a quantized base is viewed through its integer dtype
+        return base.dtype if proxy is not base.dtype and m.dtype == proxy else m.dtype
+
+    items = [(dtype_of(m), tuple(m.shape), tuple(m.stride()), m.storage_offset()) for m in flat]
+    return isinstance(out, (list, tuple)), type(out), items
+
+
+def _view_key(x):
+    if isinstance(x, TorchMLIRTensor):
+        return (x.dtype, x._storage_ref.nbytes, x.shape, x.stride(), x.storage_offset())
+    if isinstance(x, (list, tuple)):
+        return tuple(_view_key(v) for v in x)
+    if isinstance(x, float):
+        return (float, x.hex())
+    return (type(x), x)
+
+
+def _proxy_dtype(dtype):
+    """The dtype meta tensors stand in with (quantized dtypes have no meta tensors)."""
+    return _QUANTIZED_INT.get(dtype, dtype)
+
+
+def meta(x):
+    """A meta tensor with x's geometry over a meta storage of x's storage's size."""
+    if isinstance(x, TorchMLIRTensor):
+        dtype = _proxy_dtype(x.dtype)
+        base = torch.empty((x._storage_ref.nbytes // dtype.itemsize,), dtype=dtype, device="meta")
+        return base.as_strided(x.shape, x.stride(), x.storage_offset())
+    if isinstance(x, (list, tuple)):
+        return type(x)(meta(v) for v in x)
+    return x
+
+
+def run_inplace_view(func, kind, args, kwargs):
+    """squeeze_, unsqueeze_, t_, transpose_, as_strided_, ...: new metadata for `self` itself."""
+    t = args[0]
+    m = meta(t)
+    func(m, *[meta(a) for a in args[1:]], **kwargs)
+    t._set_metadata(tuple(m.shape), tuple(m.stride()), m.storage_offset())
+    return t
