@@ -36,7 +36,9 @@ class IndexBound:
 
 
 # aten op base name (in-place and out= variants share it) -> its index arguments.
-# Which ops wrap negative indices was read off CPU PyTorch 2.13.
+# `wraps` is True only where PyTorch wraps negative indices AND the compiled kernel was shown to
+# do the same (tests/test_trust.py checks each): the lowerings of index_fill and index_put write
+# out of bounds on a negative index, so there negatives run natively (PyTorch wraps them).
 _TABLE = {
     "index_select": [IndexBound("index", "self", "dim", False)],
     "gather": [IndexBound("index", "self", "dim", False)],
@@ -46,17 +48,17 @@ _TABLE = {
     "index_add": [IndexBound("index", "self", "dim", False)],
     "index_copy": [IndexBound("index", "self", "dim", False)],
     "index_reduce": [IndexBound("index", "self", "dim", False)],
-    "index_fill": [IndexBound("index", "self", "dim", True)],
+    "index_fill": [IndexBound("index", "self", "dim", False)],  # wraps, but its lowering writes out of bounds on negatives
     "take": [IndexBound("index", "self", None, True)],
-    "put": [IndexBound("index", "self", None, True)],
+    "put": [IndexBound("index", "self", None, False)],
     "embedding": [IndexBound("indices", "weight", 0, False)],
     "_embedding_bag": [IndexBound("indices", "weight", 0, False)],
     "_embedding_bag_forward_only": [IndexBound("indices", "weight", 0, False)],
     "index": [IndexBound("indices", "self", "list", True)],
     "_unsafe_index": [IndexBound("indices", "self", "list", True)],
-    "index_put": [IndexBound("indices", "self", "list", True)],
-    "_unsafe_index_put": [IndexBound("indices", "self", "list", True)],
-    "_index_put_impl": [IndexBound("indices", "self", "list", True)],
+    "index_put": [IndexBound("indices", "self", "list", False)],
+    "_unsafe_index_put": [IndexBound("indices", "self", "list", False)],
+    "_index_put_impl": [IndexBound("indices", "self", "list", False)],
     "nll_loss_forward": [IndexBound("target", "self", "class", False, ignore="ignore_index")],
     "nll_loss2d_forward": [IndexBound("target", "self", "class", False, ignore="ignore_index")],
     "nll_loss": [IndexBound("target", "self", "class", False, ignore="ignore_index")],
@@ -124,7 +126,7 @@ def checks_of(bounds, arg_names, args, kwargs) -> list:
                     continue
                 if isinstance(t, torch.Tensor) and t.numel() and dim < data.dim():
                     size = data.shape[dim]
-                    out.append(Check(t, -size, size, None, f"{b.index}[{dim}]"))
+                    out.append(Check(t, -size if b.wraps else 0, size, None, f"{b.index}[{dim}]"))
                 dim += 1
             continue
         if not isinstance(index, torch.Tensor) or index.numel() == 0 or index.dtype.is_floating_point:

@@ -199,7 +199,7 @@ TRACE_LOCK = threading.RLock()
 def _trace(body, specs, decompositions, functionalize: bool) -> torch.fx.GraphModule:
     fn = body
     if functionalize:
-        fn = torch.func.functionalize(body, remove="mutations_and_views")
+        fn = torch.func.functionalize(body, remove="mutations")
     mode = FakeTensorMode()
     with mode:
         fakes = [torch.empty(s.physical_shape, dtype=s.dtype) for s in specs]
@@ -209,10 +209,17 @@ def _trace(body, specs, decompositions, functionalize: bool) -> torch.fx.GraphMo
         if (node.op == "call_function" and node.target is torch.ops.aten.copy_.default
                 and node.args[0].op == "placeholder" and not node.users):
             graph.erase_node(node)
+    graph.eliminate_dead_code()  # functionalization leaves dead view copies behind
+    from .device import COMPILED_DTYPES
+
     for node in graph.nodes:
         if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
             if any(a.alias_info is not None and a.alias_info.is_write for a in node.target._schema.arguments):
                 raise StepError("functionalize", f"{node.target} still writes into an input after functionalization")
+        val = node.meta.get("val")
+        for v in val if isinstance(val, (list, tuple)) else [val]:
+            if isinstance(v, torch.Tensor) and v.dtype not in COMPILED_DTYPES:
+                raise StepError("unsupported", f"{node.target} makes a {v.dtype} tensor, which has no IREE element type")
     graph.lint()
     gm.recompile()
     return gm
