@@ -39,6 +39,31 @@ def time_per_call(fn, inner, repeats, warmup=1):
     return median(samples), samples
 
 
+def interleaved(options: dict, inner: int, rounds: int, warmup: int = 20):
+    """Time several options against each other in one process: `rounds` alternations, each
+    timing `inner` back-to-back calls of every option in turn (the order rotating), so that
+    machine noise falls on all of them alike. Returns {name: [seconds per call, per round]}."""
+    names = list(options)
+    for name in names:
+        for _ in range(warmup):
+            options[name]()
+    samples = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            fn = options[name]
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            samples[name].append((time.perf_counter() - t0) / inner)
+    return samples
+
+
+def spread(xs):
+    """(25th, 75th) percentiles: the middle half of the samples."""
+    q = statistics.quantiles(xs, n=4) if len(xs) >= 2 else [xs[0], xs[0], xs[0]]
+    return q[0], q[2]
+
+
 def rss_bytes():
     """Current resident set size from /proc/self/statm (bytes); None off Linux."""
     try:

@@ -14,6 +14,8 @@ Items:
   kernel_quality  sum of per-kernel times of the eager forward vs ResNet18 compiled whole by
                   torch-mlir + IREE (same flags, same driver)
   cold            first ResNet18 forward in a new process with the kernel cache off
+  bounds          cached index_select and embedding with and without their index bounds
+                  check, interleaved in one process
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import torch  # noqa: E402
 
 import bench_util as bu  # noqa: E402
 
-ITEMS = ["overhead", "rss", "resnet18", "kernel_quality", "cold"]
+ITEMS = ["overhead", "bounds", "rss", "resnet18", "kernel_quality", "cold"]
 SLOW_ITEMS = {"kernel_quality", "cold"}
 
 
@@ -95,6 +97,48 @@ def bench_overhead(args, tme):
         "details": {"repeats": reps, "calls_per_repeat": inner, "result_ok": ok,
                     "served_from_cache": cached, "device": args.device},
     }
+
+
+def bench_bounds(args, tme):
+    """What the bounds check costs a cached indexing op: the same call with the check and with
+    it switched off, interleaved over many rounds (the machine's noise falls on both)."""
+    from torch_mlir_eager import TorchMLIRTensor, bounds
+
+    rounds = args.repeats or (10 if args.quick else 30)
+    inner = 100 if args.quick else 300
+    weight, table = torch.randn(64, 32), torch.randn(1000, 64)
+    idx = torch.randint(0, 64, (16,))
+    tokens = torch.randint(0, 1000, (8, 32))
+    dw, dt = TorchMLIRTensor(weight, device=args.device), TorchMLIRTensor(table, device=args.device)
+    di, dk = TorchMLIRTensor(idx, device=args.device), TorchMLIRTensor(tokens, device=args.device)
+    cases = {
+        "index_select 64x32 by 16": (lambda: torch.index_select(dw, 0, di), torch.index_select(weight, 0, idx)),
+        "embedding 1000x64 by 8x32": (lambda: torch.nn.functional.embedding(dk, dt),
+                                      torch.nn.functional.embedding(tokens, table)),
+    }
+    real = bounds.violation
+    rows, details = [], {"rounds": rounds, "calls_per_round": inner}
+    us = 1e6
+    for name, (call, want) in cases.items():
+        assert torch.equal(call().cpu(), want)
+
+        def unchecked(call=call):
+            bounds.violation = lambda kind, c: None
+            try:
+                call()
+            finally:
+                bounds.violation = real
+
+        samples = bu.interleaved({"checked": call, "unchecked": unchecked}, inner, rounds)
+        med = {k: bu.median(v) * us for k, v in samples.items()}
+        spread = {k: [x * us for x in bu.spread(v)] for k, v in samples.items()}
+        extra = [bu.median([c - u for c, u in zip(samples["checked"], samples["unchecked"])]) * us]
+        rows.append(row(f"{name}: with bounds check", med["checked"], "us", "without the check",
+                        med["unchecked"], samples=[x * us for x in samples["checked"]],
+                        spread_checked=spread["checked"], spread_unchecked=spread["unchecked"]))
+        rows.append(row(f"{name}: cost of the check", extra[0], "us"))
+        details[name] = {"median_us": med, "iqr_us": spread}
+    return {"rows": rows, "details": details}
 
 
 def _models(batch, size, device, tme, seed=0):
@@ -297,6 +341,7 @@ def bench_cold(args, tme):
 
 BENCH = {
     "overhead": bench_overhead,
+    "bounds": bench_bounds,
     "rss": bench_rss,
     "resnet18": bench_resnet18,
     "kernel_quality": bench_kernel_quality,

@@ -515,3 +515,59 @@ def test_unexpected_build_error_non_blocking(monkeypatch, stats):
     assert len(calls) == 1
     fb = stats()["fallbacks"]["aten.cosh.default"]
     assert fb["step"] == "internal" and fb["count"] == 2, fb
+
+
+# ---- verdicts and the disk index -----------------------------------------------------------------
+_WRONG_SINH = """
+import sys, torch, torch_mlir_eager
+from torch_mlir_eager import TorchMLIRTensor, compiler
+real = compiler.make_body
+def wrong(recipe, plan):
+    body = real(recipe, plan)
+    if recipe.name != "aten.sinh.default":
+        return body
+    return lambda *t: [o + 1 for o in body(*t)]  # a miscompile
+if sys.argv[1] == "validate":
+    compiler.make_body = wrong
+    torch_mlir_eager.set_validate(True)
+x = torch.randn(6, 11)
+got = torch.sinh(TorchMLIRTensor(x))
+torch.testing.assert_close(got.cpu(), torch.sinh(x))
+s = torch_mlir_eager.stats()
+print(s["fallbacks"].get("aten.sinh.default", {}).get("step"), s["kernels_compiled"] + s["disk_cache_hits"])
+"""
+
+
+def test_a_validation_verdict_holds_in_later_processes(tmp_path):
+    import subprocess
+    import sys
+
+    env = dict(__import__("os").environ, TORCH_MLIR_EAGER_CACHE_DIR=str(tmp_path))
+
+    def run(mode):
+        out = subprocess.run([sys.executable, "-c", _WRONG_SINH, mode], env=env, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout.split()
+
+    assert run("validate") == ["validate", "1"]  # compiled (wrong), caught, disabled
+    assert run("plain") == ["validate", "0"]  # a new process: the verdict, no kernel loaded
+
+
+def test_the_index_key_hashes_every_module_of_the_package(tmp_path):
+    import shutil
+
+    from torch_mlir_eager import compiler
+
+    pkg = __import__("os").path.dirname(compiler.__file__)
+    copy = tmp_path / "pkg"
+    shutil.copytree(pkg, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    before = compiler.source_digest(str(copy))
+    assert before == compiler.source_digest(pkg)
+    for name in ("dispatch.py", "keys.py", "guards.json", "decompositions.py"):
+        path = copy / name
+        if not path.exists():
+            continue
+        original = path.read_bytes()
+        path.write_bytes(original + b"\n")
+        assert compiler.source_digest(str(copy)) != before, name
+        path.write_bytes(original)

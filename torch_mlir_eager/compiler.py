@@ -312,13 +312,12 @@ def _compile(linalg_ir: str, device: Device, name: str):
 # keyed by the op key and this package's own source, maps straight to that entry, so that a new
 # process loads a known kernel without tracing and lowering it again. It also remembers
 # validation verdicts: a key found wrong stays a fallback in later processes.
-def _source_digest() -> str:
+def source_digest(here: str = os.path.dirname(__file__)) -> str:
     """A hash of every module of the package and of its guard list: whatever shapes keys,
     templates, decompositions and plans. Changing any of them makes a new index."""
     import hashlib
 
     h = hashlib.sha256()
-    here = os.path.dirname(__file__)
     for name in sorted(os.listdir(here)):
         if name.endswith(".py") or name == "guards.json":
             h.update(name.encode())
@@ -344,7 +343,7 @@ def _stable(x) -> str:
 def _index_key(key, device: Device):
     global _SOURCE_DIGEST
     if _SOURCE_DIGEST is None:
-        _SOURCE_DIGEST = _source_digest()
+        _SOURCE_DIGEST = source_digest()
     from .disk_cache import entry_key
 
     return entry_key(f"op-index\n{_stable(key)}\n{_SOURCE_DIGEST}", device.compile_flags)
