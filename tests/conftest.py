@@ -23,3 +23,20 @@ def stats():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def inprocess_compiler(monkeypatch):
+    """Build kernels in this process (no compile workers), so that a test can patch the
+    compiler; the disk cache is private to the test, so no kernel built before is reused."""
+    import tempfile
+
+    from torch_mlir_eager import compile_service, kernel_index
+
+    monkeypatch.setenv("TORCH_MLIR_EAGER_COMPILE_WORKERS", "0")
+    monkeypatch.setenv("TORCH_MLIR_EAGER_CACHE_DIR", tempfile.mkdtemp(prefix="tme-test-inprocess-"))
+    monkeypatch.setattr(kernel_index, "_disk_opened", False)
+    monkeypatch.setattr(kernel_index, "_disk", None)
+    compile_service.restart()
+    yield
+    compile_service.restart()

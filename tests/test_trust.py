@@ -437,17 +437,17 @@ def test_every_host_read_counts_as_a_transfer(stats, capsys):
 
 
 def test_a_host_gather_is_not_a_compiled_call(monkeypatch, stats):
-    from torch_mlir_eager import compiler
+    from torch_mlir_eager import compile_service
     from torch_mlir_eager.kernel_cache import Fallback
 
-    real = compiler.build
+    real = compile_service.build_entry
 
-    def no_gathers(recipe):
+    def no_gathers(recipe, scalars, device):
         if recipe.name.startswith("gather"):
             return Fallback("compile", "forced for the test")
-        return real(recipe)
+        return real(recipe, scalars, device)
 
-    monkeypatch.setattr(compiler, "build", no_gathers)
+    monkeypatch.setattr(compile_service, "build_entry", no_gathers)
     x = torch.randn(9, 7)  # a geometry no other test gathers
     got = dev(x)[1:, ::2] * 3
     same(got, x[1:, ::2] * 3)
@@ -459,19 +459,21 @@ def test_a_host_gather_is_not_a_compiled_call(monkeypatch, stats):
 
 # ---- 9. a build error that is not a StepError is a remembered fallback ------------------------
 def _failing_build(monkeypatch, name):
-    from torch_mlir_eager import compiler
+    """Building `name` raises an error that is no StepError, in this process (where a bug in
+    the service would raise it)."""
+    from torch_mlir_eager import compile_service
 
-    real = compiler._build
+    real = compile_service.build_entry
     calls = []
 
-    def broken(recipe):
+    def broken(recipe, scalars, device):
         if recipe.name == name:
             calls.append(recipe.name)
             time.sleep(0.3)  # long enough for other threads to wait on the same key
             raise ValueError("a bug in the build, not a compile failure")
-        return real(recipe)
+        return real(recipe, scalars, device)
 
-    monkeypatch.setattr(compiler, "_build", broken)
+    monkeypatch.setattr(compile_service, "build_entry", broken)
     return calls
 
 
@@ -500,6 +502,24 @@ def test_unexpected_build_error_blocking_and_concurrent(monkeypatch, stats):
     assert fb["step"] == "internal" and "ValueError" in fb["reason"] and fb["count"] == 5
 
 
+def test_unexpected_error_in_the_compiler_is_a_fallback(monkeypatch, inprocess_compiler, stats):
+    from torch_mlir_eager import compiler
+
+    real = compiler.build
+
+    def broken(recipe, scalars=()):
+        if recipe.name == "aten.tanh.default":
+            raise KeyError("a bug in the compiler, not a StepError")
+        return real(recipe, scalars)
+
+    monkeypatch.setattr(compiler, "build", broken)
+    x = torch.randn(13, 7)
+    for _ in range(2):
+        same(torch.tanh(dev(x)), torch.tanh(x), exact=False)
+    fb = stats()["fallbacks"]["aten.tanh.default"]
+    assert fb["step"] == "internal" and "KeyError" in fb["reason"] and fb["count"] == 2, fb
+
+
 def test_unexpected_build_error_non_blocking(monkeypatch, stats):
     calls = _failing_build(monkeypatch, "aten.cosh.default")
     x = torch.randn(13, 5)
@@ -522,8 +542,8 @@ _WRONG_SINH = """
 import sys, torch, torch_mlir_eager
 from torch_mlir_eager import TorchMLIRTensor, compiler
 real = compiler.make_body
-def wrong(recipe, plan):
-    body = real(recipe, plan)
+def wrong(recipe, plan, kind, scalars):
+    body = real(recipe, plan, kind, scalars)
     if recipe.name != "aten.sinh.default":
         return body
     return lambda *t: [o + 1 for o in body(*t)]  # a miscompile
@@ -542,7 +562,8 @@ def test_a_validation_verdict_holds_in_later_processes(tmp_path):
     import subprocess
     import sys
 
-    env = dict(__import__("os").environ, TORCH_MLIR_EAGER_CACHE_DIR=str(tmp_path))
+    # in-process compiles, so that the first process's patched compiler builds the kernel
+    env = dict(__import__("os").environ, TORCH_MLIR_EAGER_CACHE_DIR=str(tmp_path), TORCH_MLIR_EAGER_COMPILE_WORKERS="0")
 
     def run(mode):
         out = subprocess.run([sys.executable, "-c", _WRONG_SINH, mode], env=env, capture_output=True, text=True, timeout=600)
@@ -556,18 +577,18 @@ def test_a_validation_verdict_holds_in_later_processes(tmp_path):
 def test_the_index_key_hashes_every_module_of_the_package(tmp_path):
     import shutil
 
-    from torch_mlir_eager import compiler
+    from torch_mlir_eager import kernel_index
 
-    pkg = __import__("os").path.dirname(compiler.__file__)
+    pkg = __import__("os").path.dirname(kernel_index.__file__)
     copy = tmp_path / "pkg"
     shutil.copytree(pkg, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    before = compiler.source_digest(str(copy))
-    assert before == compiler.source_digest(pkg)
+    before = kernel_index.source_digest(str(copy))
+    assert before == kernel_index.source_digest(pkg)
     for name in ("dispatch.py", "keys.py", "guards.json", "decompositions.py"):
         path = copy / name
         if not path.exists():
             continue
         original = path.read_bytes()
         path.write_bytes(original + b"\n")
-        assert compiler.source_digest(str(copy)) != before, name
+        assert kernel_index.source_digest(str(copy)) != before, name
         path.write_bytes(original)

@@ -10,9 +10,10 @@ from __future__ import annotations
 from .tensor import TorchMLIRTensor
 from .device import default_device, get_device
 from .config import set_validate, set_async_compile
-from .compiler import set_compile_listener
+from .compile_service import set_compile_listener
 from .kernel_cache import STATS as _STATS, CACHE as _CACHE
 from .module import to_device, to_host
+from .precompile import precompile
 from .timing import kernel_timing, kernel_times
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "kernel_timing",
     "kernel_times",
     "clear_kernel_cache",
+    "precompile",
 ]
 
 

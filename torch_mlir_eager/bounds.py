@@ -179,22 +179,29 @@ def violation(kind, call) -> str | None:
     return first_violation(on_device + on_host, minmax)
 
 
-def _probe(checks, device) -> list:
-    """[min, max] of each index tensor, from the compiled probe (host copies if it has none)."""
-    from . import compile_pool, compiler
-    from .buffers import dense_buffer
-    from .kernel import Kernel
-    from .kernel_cache import CACHE, STATS
-    from .lowering import Slot, TensorSpec
+def probe_recipe(checks, device):
+    """(key, Recipe) of the probe kernel for these index tensors."""
+    from .recipe import Recipe, Slot, TensorSpec
 
     probe = BoundsProbe(tuple(c.ignore for c in checks))
     key = ("bounds", probe, tuple(c.tensor._spec for c in checks), device.driver)
+    specs = [TensorSpec(tuple(c.tensor.shape), tuple(c.tensor.stride()), c.tensor.dtype) for c in checks]
+    template = (tuple(Slot(i) for i in range(len(specs))), {})
+    return key, Recipe(probe.__name__, probe, template, specs, device.driver, tuple(device.compile_flags), key)
+
+
+def _probe(checks, device) -> list:
+    """[min, max] of each index tensor, from the compiled probe (host copies if it has none)."""
+    from . import compile_service
+    from .buffers import dense_buffer
+    from .kernel import Kernel
+    from .kernel_cache import CACHE, STATS
+
+    key, recipe = probe_recipe(checks, device)
     entry = CACHE.get(key)
     STATS.lookup(hit=entry is not None)
     if entry is None:
-        specs = [TensorSpec(tuple(c.tensor.shape), tuple(c.tensor.stride()), c.tensor.dtype) for c in checks]
-        template = (tuple(Slot(i) for i in range(len(specs))), {})
-        entry = compile_pool.build_blocking(compiler.Recipe(probe.__name__, probe, None, template, specs, device, key))
+        entry = compile_service.build_blocking(recipe, (), device)
     if isinstance(entry, Kernel):
         (result,) = entry([dense_buffer(c.tensor) for c in checks])
         nbytes = 16 * len(checks)

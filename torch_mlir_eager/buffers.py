@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import threading
 
-from . import compile_pool, compiler, layout
+from . import compile_service, layout
 from .kernel import Kernel
 from .kernel_cache import CACHE, STATS, Fallback
-from .lowering import Slot, TensorSpec
+from .recipe import Recipe, Slot, TensorSpec
 
 
 def dense_buffer(t):
@@ -22,9 +22,19 @@ def dense_buffer(t):
     storage = t._storage_ref
     if t._whole_nbytes == storage.nbytes:
         return storage.view(t.dtype, t._phys_shape)
+    return run_layout_kernel(gather_of(t), storage, t.dtype, [storage.flat(t.dtype)])
+
+
+def gather_of(t) -> layout.LayoutOp:
+    """The gather that reads `t`'s values, in its physical order, out of its flat storage."""
     size, stride = layout.permute_geometry(t.shape, t.stride(), t._perm)
-    op = layout.gather_op(size, stride, t.storage_offset())
-    return run_layout_kernel(op, storage, t.dtype, [storage.flat(t.dtype)])
+    return layout.gather_op(size, stride, t.storage_offset())
+
+
+def scatter_of(dst) -> layout.LayoutOp:
+    """The scatter that writes values (in dst's physical order) into dst's flat storage."""
+    size, stride = layout.permute_geometry(dst.shape, dst.stride(), dst._perm)
+    return layout.scatter_op(size, stride, dst.storage_offset())
 
 
 def write(dst, value):
@@ -34,14 +44,12 @@ def write(dst, value):
     if dst._whole_nbytes == storage.nbytes:
         storage.replace(value, dst.dtype)
         return
-    size, stride = tuple(dst.shape), tuple(dst.stride())
-    if layout.has_internal_overlap(size, stride):
+    if layout.has_internal_overlap(tuple(dst.shape), tuple(dst.stride())):
         raise RuntimeError(
             "unsupported operation: more than one element of the written-to tensor refers to a "
             "single memory location. Please clone() the tensor before performing the operation."
         )
-    size, stride = layout.permute_geometry(size, stride, dst._perm)
-    op = layout.scatter_op(size, stride, dst.storage_offset())
+    op = scatter_of(dst)
     dtype = dst.dtype
     if storage.nbytes % dtype.itemsize:  # a tail of bytes no element of this dtype covers
         storage.replace(_host_layout(op, storage, dtype, [storage.flat(dtype), value], whole=True))
@@ -49,19 +57,25 @@ def write(dst, value):
     storage.replace(run_layout_kernel(op, storage, dtype, [storage.flat(dtype), value]), dtype)
 
 
+def layout_recipe(op: layout.LayoutOp, storage, dtype):
+    """(key, Recipe) of a gather/scatter kernel over `storage` read as `dtype`."""
+    flat_len = storage.nbytes // dtype.itemsize
+    device = storage.device
+    key = ("layout", op, dtype, flat_len, device.driver)
+    specs = [TensorSpec((flat_len,), (1,), dtype)]
+    if op.kind == "scatter":
+        specs.append(TensorSpec(op.size, layout.contiguous_strides(op.size), dtype))
+    template = (tuple(Slot(i) for i in range(len(specs))), {})
+    return key, Recipe(op.__name__, op, template, specs, device.driver, tuple(device.compile_flags), key)
+
+
 def run_layout_kernel(op: layout.LayoutOp, storage, dtype, buffers):
     """Run a gather/scatter kernel (compiled once per geometry) on `buffers`."""
-    flat_len = storage.nbytes // dtype.itemsize
-    key = ("layout", op, dtype, flat_len, storage.device.driver)
+    key, recipe = layout_recipe(op, storage, dtype)
     entry = CACHE.get(key)
     STATS.lookup(hit=entry is not None)
     if entry is None:
-        specs = [TensorSpec((flat_len,), (1,), dtype)]
-        if op.kind == "scatter":
-            specs.append(TensorSpec(op.size, layout.contiguous_strides(op.size), dtype))
-        template = (tuple(Slot(i) for i in range(len(specs))), {})
-        recipe = compiler.Recipe(op.__name__, op, None, template, specs, storage.device, key)
-        entry = compile_pool.build_blocking(recipe)
+        entry = compile_service.build_blocking(recipe, (), storage.device)
     if isinstance(entry, Kernel):
         return entry(buffers)[0]
     reason = entry.reason if isinstance(entry, Fallback) else "no kernel"

@@ -1,75 +1,43 @@
-"""The cache-miss path: from an op call to a loaded kernel, or to a remembered fallback.
+"""The cache-miss path, run by a compile worker (compile_worker.py), or in the user's process
+when the service has no workers: from a `Recipe` to a `Built` kernel, or a `StepError`.
 
     plan      run the op on fake tensors: output metadata as PyTorch gives it, and which
               results are fresh tensors, which are inputs returned as they are, which inputs
               are written
     trace     the one-op FX graph (functionalized, decomposed)         lowering.trace
+    scalars   Python scalars that vary between calls become function arguments, found by
+              tracing with two sentinel values (else they are baked in)
     lower     torch dialect -> linalg-on-tensors                        lowering.import_and_lower
-    compile   IREE, for the device's target (or the disk cache)         iree_compile
-    load      one VM context per kernel                                 kernel.Kernel
+    compile   IREE, for the target's flags (or the disk cache)         iree_compile
 
-Any failure becomes `Fallback(step, first line of the error)`, logged once per op.
+Any failure raises `StepError(step, message)`.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import os
-import threading
 import time
-from dataclasses import dataclass, field
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._pytree import tree_flatten
 
 from . import layout, lowering
-from .device import COMPILED_DTYPES, Device
-from .kernel import Kernel
-from .kernel_cache import Fallback, STATS
-from .lowering import StepError, TensorSpec, OutputSpec, fill, first_line, output_spec
-from .ops import FUNCTIONAL_REWRITES, MUTATION, OpKind
+from .device import COMPILED_DTYPES
+from .ops import FUNCTIONAL_REWRITES, MUTATION, OpKind, classify
+from .recipe import (
+    Built, OutputPlan, Recipe, ScalarSlot, StepError, fill, first_line, output_spec, scalar_slots,
+)
 
 log = logging.getLogger("torch_mlir_eager")
 
 ENV_DUMP_DIR = "TORCH_MLIR_EAGER_DUMP_DIR"
 
 
-@dataclass
-class Recipe:
-    """Everything needed to build one kernel. `func` is an OpOverload or a layout op."""
-
-    name: str
-    func: object
-    kind: OpKind | None
-    template: tuple  # (args, kwargs) with lowering.Slot for each tensor input
-    specs: list  # TensorSpec of each tensor input, with the real strides
-    device: Device
-    key: object = None
-
-
-@dataclass
-class OutputPlan:
-    """How the kernel's results become the op's results."""
-
-    leaves: list  # per returned leaf: ("out", i) | ("arg", slot) | ("const", value)
-    tree: object  # pytree spec of the op's return value
-    out_specs: list  # OutputSpec of each fresh result
-    writes: list = field(default_factory=list)  # slot of each written input
-    live_inputs: list = field(default_factory=list)  # inputs passed to the kernel (not zero-size)
-    live_outputs: list = field(default_factory=list)  # fresh results the kernel returns (not zero-size)
-    live_writes: list = field(default_factory=list)  # writes the kernel returns, after live_outputs
-    live_write_shapes: list = field(default_factory=list)  # their shapes (out= may resize)
-
-    @functools.cached_property
-    def single_fresh(self) -> bool:
-        return self.leaves == [("out", 0)] and self.tree.num_leaves == 1 and self.tree.is_leaf()
-
-    @property
-    def num_outputs(self):
-        return len(self.live_outputs) + len(self.live_writes)
+def kind_of(recipe: Recipe) -> OpKind | None:
+    return classify(recipe.func) if isinstance(recipe.func, torch._ops.OpOverload) else None
 
 
 def functional_call(func, kind: OpKind | None, args, kwargs):
@@ -89,17 +57,14 @@ def _tensor_leaves(values):
     return [v for v in tree_flatten(list(values))[0] if isinstance(v, torch.Tensor)]
 
 
-def _run_abstract(recipe: Recipe, device):
-    fakes = [torch.empty_strided(s.shape, s.stride, dtype=s.dtype, device=device) for s in recipe.specs]
-    args, kwargs = fill(recipe.template, fakes)
-    return fakes, args, kwargs, functional_call(recipe.func, recipe.kind, args, kwargs)
-
-
-def plan_outputs(recipe: Recipe) -> OutputPlan:
+# ---- plan -------------------------------------------------------------------------------------
+def plan_outputs(recipe: Recipe, kind, scalars) -> OutputPlan:
     """Run the op on fake CPU tensors with the inputs' real strides (not meta tensors: some
     meta kernels disagree with the CPU ones on output shapes)."""
-    with lowering.TRACE_LOCK, FakeTensorMode():
-        fakes, args, kwargs, (results, written) = _run_abstract(recipe, "cpu")
+    with FakeTensorMode():
+        fakes = [torch.empty_strided(s.shape, s.stride, dtype=s.dtype) for s in recipe.specs]
+        args, kwargs = fill(recipe.template, fakes, scalars)
+        results, written = functional_call(recipe.func, kind, args, kwargs)
     leaves, tree = tree_flatten(results)
 
     def slot_of(t):
@@ -116,9 +81,9 @@ def plan_outputs(recipe: Recipe) -> OutputPlan:
             out_specs.append(output_spec(leaf))
     writes, write_shapes = [], []
     if written:
-        bound = dict(zip(recipe.kind.arg_names, args))
+        bound = dict(zip(kind.arg_names, args))
         bound.update(kwargs)
-        for name, value in zip(recipe.kind.written, written):
+        for name, value in zip(kind.written, written):
             if value is None:
                 continue
             for target in _tensor_leaves([bound[name]]):
@@ -136,7 +101,16 @@ def plan_outputs(recipe: Recipe) -> OutputPlan:
     )
 
 
-def make_body(recipe: Recipe, plan: OutputPlan):
+def _same_plan(a: OutputPlan, b: OutputPlan) -> bool:
+    def shape(p):
+        return ([(s.shape, s.stride, s.dtype, s.perm) for s in p.out_specs], p.writes, p.live_write_shapes,
+                [x for x in p.leaves if x[0] != "const"], p.tree)
+
+    return shape(a) == shape(b)
+
+
+# ---- trace --------------------------------------------------------------------------------------
+def make_body(recipe: Recipe, plan: OutputPlan, kind, scalars):
     """The function to trace: inputs in physical order -> [fresh results in physical order] +
     [new values of the written inputs, each in its input's physical order]."""
     specs = recipe.specs
@@ -150,8 +124,8 @@ def make_body(recipe: Recipe, plan: OutputPlan):
         for i, s in enumerate(specs):
             if tensors[i] is None:
                 tensors[i] = torch.empty(s.shape, dtype=s.dtype)
-        args, kwargs = fill(recipe.template, tensors)
-        results, written = functional_call(recipe.func, recipe.kind, args, kwargs)
+        args, kwargs = fill(recipe.template, tensors, scalars)
+        results, written = functional_call(recipe.func, kind, args, kwargs)
         outs = []
         for leaf, entry in zip(tree_flatten(results)[0], plan.leaves):
             if entry[0] == "out" and plan.out_specs[entry[1]].numel > 0:
@@ -171,66 +145,97 @@ def make_body(recipe: Recipe, plan: OutputPlan):
     return body
 
 
-# ---- the miss path ----------------------------------------------------------------------------
-_listener = None
-_logged_ops: set = set()
-_log_lock = threading.Lock()
+# Sentinels: values no program uses on purpose, distinct per scalar, exact in float64.
+def _sentinels(slots, which: int):
+    base_f, base_i = (0.3779296875, 1234567) if which == 0 else (0.6787109375, 7654321)
+    return [base_f + i / 64 if s.type is float else base_i + i for i, s in enumerate(slots)]
 
 
-def set_compile_listener(fn):
-    """fn(event, op_name, seconds) with event "start", then "done" (compiled), "loaded" (from the
-    disk cache) or "failed"; None removes the listener."""
-    global _listener
-    _listener = fn
+def _scalar_positions(gm_a, gm_b, values_a, values_b):
+    """Where each runtime scalar flows into the graph unchanged: [(node index, arg path, slot)].
+    None when the two traces differ in any other way (a value used in a computation, a branch
+    taken on it, a shape depending on it): the scalars must then be baked in."""
+    nodes_a, nodes_b = list(gm_a.graph.nodes), list(gm_b.graph.nodes)
+    if len(nodes_a) != len(nodes_b):
+        return None
+    slot_a = {(type(v), v): i for i, v in enumerate(values_a)}
+    positions = []
+
+    def walk(x, y, path, n):
+        if isinstance(x, torch.fx.Node) or isinstance(y, torch.fx.Node):
+            return isinstance(x, torch.fx.Node) and isinstance(y, torch.fx.Node) and x.name == y.name
+        if isinstance(x, (list, tuple)) and isinstance(y, (list, tuple)):
+            return type(x) is type(y) and len(x) == len(y) and all(
+                walk(a, b, path + (i,), n) for i, (a, b) in enumerate(zip(x, y)))
+        if isinstance(x, dict) and isinstance(y, dict):
+            return x.keys() == y.keys() and all(walk(x[k], y[k], path + (k,), n) for k in x)
+        if type(x) is type(y) and x == y:
+            return True
+        i = slot_a.get((type(x), x))
+        if i is not None and type(y) is type(values_b[i]) and y == values_b[i]:
+            positions.append((n, path, i))
+            return True
+        return False
+
+    for n, (a, b) in enumerate(zip(nodes_a, nodes_b)):
+        if a.op != b.op or a.target != b.target:
+            return None
+        if not walk(tuple(a.args), tuple(b.args), ("args",), n) or not walk(dict(a.kwargs), dict(b.kwargs), ("kwargs",), n):
+            return None
+    return positions
 
 
-def _notify(event, name, seconds=None):
-    if _listener is not None:
-        try:
-            _listener(event, name, seconds)
-        except Exception:  # a listener must never break an op
-            log.exception("compile listener failed")
-
-
-def build(recipe: Recipe):
-    """Kernel for `recipe`, or Fallback(step, reason). Never raises for a build problem: an
-    unexpected error becomes a Fallback with step `internal`."""
-    start = time.perf_counter()
-    _notify("start", recipe.name)
-    try:
-        kernel = _build(recipe)
-    except Exception as e:  # noqa: BLE001 - every failure becomes a remembered fallback
-        seconds = time.perf_counter() - start
-        STATS.compiled(seconds, ok=False)
-        if isinstance(e, StepError):
-            fallback, message = Fallback(e.step, e.first_line), e.message
+def _with_scalar_arguments(gm, positions, slots, values):
+    """gm with a placeholder per runtime scalar (after the tensor inputs) used where the
+    sentinel stood."""
+    graph = gm.graph
+    nodes = list(graph.nodes)
+    last_input = [n for n in nodes if n.op == "placeholder"][-1]
+    scalars = []
+    with graph.inserting_after(last_input):
+        for slot in reversed(slots):
+            node = graph.placeholder(f"scalar{slot.index}")
+            node.meta["val"] = values[slot.index]
+            scalars.insert(0, node)
+    for n, path, i in positions:
+        node = nodes[n]
+        where, rest = path[0], path[1:]
+        container = list(node.args) if where == "args" else dict(node.kwargs)
+        container = _replace(container, rest, scalars[i])
+        if where == "args":
+            node.args = tuple(container)
         else:
-            fallback = Fallback("internal", first_line(f"{type(e).__name__}: {e}"))
-            message = "".join(__import__("traceback").format_exception(e))
-        _log_failure(recipe.name, fallback, message)
-        _notify("failed", recipe.name, seconds)
-        return fallback
-    seconds = time.perf_counter() - start
-    if isinstance(kernel, Fallback):  # a verdict remembered in the disk index
-        _notify("failed", recipe.name, seconds)
-        return kernel
-    STATS.compiled(seconds, ok=True, from_disk=getattr(kernel, "from_disk", False))
-    _notify("loaded" if getattr(kernel, "from_disk", False) else "done", recipe.name, seconds)
-    return kernel
+            node.kwargs = container
+    graph.lint()
+    gm.recompile()
+    return gm
 
 
-def _log_failure(name, fallback: Fallback, message: str):
-    with _log_lock:
-        if name in _logged_ops:
-            return
-        _logged_ops.add(name)
-    log.warning("%s falls back to native PyTorch (%s): %s", name, fallback.step, fallback.reason)
-    log.debug("%s: full error:\n%s", name, message)
+def _replace(container, path, value):
+    if len(path) == 1:
+        if isinstance(container, tuple):
+            container = list(container)
+            container[path[0]] = value
+            return tuple(container)
+        container[path[0]] = value
+        return container
+    inner = _replace(container[path[0]], path[1:], value)
+    if isinstance(container, tuple):
+        container = list(container)
+        container[path[0]] = inner
+        return tuple(container)
+    container[path[0]] = inner
+    return container
 
 
-def _build(recipe: Recipe) -> Kernel:
+# ---- build ------------------------------------------------------------------------------------
+def build(recipe: Recipe, scalars=()) -> Built:
+    """Build the kernel of `recipe`; `scalars` are the call's runtime scalar values (the
+    template's ScalarSlots). Raises StepError."""
+    start = time.perf_counter()
+    kind = kind_of(recipe)
     try:
-        plan = plan_outputs(recipe)
+        plan = plan_outputs(recipe, kind, scalars)
     except StepError:
         raise
     except Exception as e:
@@ -238,40 +243,70 @@ def _build(recipe: Recipe) -> Kernel:
     for spec in list(recipe.specs) + list(plan.out_specs):
         if spec.dtype not in COMPILED_DTYPES:
             raise StepError("unsupported", f"dtype {spec.dtype} has no IREE element type")
-    if plan.num_outputs == 0:  # every result is zero-size: nothing to compute
-        return Kernel.empty(recipe.device, recipe.name, plan)
-    kernel = _load_indexed(recipe, plan)
-    if kernel is not None:
-        return kernel
-    functionalize = recipe.kind is not None and recipe.kind.kind == MUTATION
-    dump = _Dump(recipe)
-    error = None
-    for decompositions in lowering.decomposition_attempts(recipe.func):
+    slots = scalar_slots(recipe.template)
+    built = None
+    if slots:
         try:
-            try:
-                gm = lowering.trace(
-                    make_body(recipe, plan),
-                    [recipe.specs[i] for i in plan.live_inputs],
-                    decompositions,
-                    functionalize,
-                )
-            except StepError:
-                raise
-            except Exception as e:
-                raise StepError("decompose", f"{type(e).__name__}: {e}") from None
-            dump.write("graph.txt", str(gm.graph))
-            lowered = lowering.import_and_lower(gm)
+            built = _build_runtime_scalars(recipe, kind, plan, slots, scalars)
+        except StepError as e:
+            log.debug("%s: runtime scalars did not work (%s: %s); baking them in", recipe.name, e.step, e.first_line)
+    if built is None:
+        built = _build_traced(recipe, kind, plan, scalars, slots=(), positions=None)
+        built.runtime_scalars = not slots
+    built.seconds = time.perf_counter() - start
+    return built
+
+
+def _build_runtime_scalars(recipe, kind, plan, slots, scalars):
+    sentinels = [_sentinels(slots, 0), _sentinels(slots, 1)]
+    for values in sentinels:  # the result's metadata must not depend on the values
+        if not _same_plan(plan, plan_outputs(recipe, kind, values)):
+            raise StepError("scalars", "the result's shape or dtype depends on a scalar's value")
+    traced = [_trace_with(recipe, kind, plan, values, lowering.decomposition_attempts(recipe.func)[0]) for values in sentinels]
+    positions = _scalar_positions(traced[0], traced[1], *sentinels)
+    if positions is None:
+        raise StepError("scalars", "a scalar is used in a computation at trace time")
+    return _build_traced(recipe, kind, plan, sentinels[0], slots, positions, gm=traced[0], scalar_values=scalars)
+
+
+def _trace_with(recipe, kind, plan, scalars, decompositions):
+    functionalize = kind is not None and kind.kind == MUTATION
+    try:
+        return lowering.trace(
+            make_body(recipe, plan, kind, scalars),
+            [recipe.specs[i] for i in plan.live_inputs],
+            decompositions,
+            functionalize,
+        )
+    except StepError:
+        raise
+    except Exception as e:
+        raise StepError("decompose", f"{type(e).__name__}: {e}") from None
+
+
+def _build_traced(recipe, kind, plan, scalars, slots, positions, gm=None, scalar_values=()) -> Built:
+    """Trace (unless given), import, lower and compile; each decomposition attempt in turn."""
+    scalars_for_dump = scalar_values if positions is not None else scalars
+    if plan.num_outputs == 0:  # every result is zero-size: nothing to compute
+        return Built(b"", plan)
+    dump = _Dump(recipe, scalars_for_dump)
+    error = None
+    attempts = lowering.decomposition_attempts(recipe.func)
+    for n, decompositions in enumerate(attempts):
+        try:
+            graph = gm if (gm is not None and n == 0) else _trace_with(recipe, kind, plan, scalars, decompositions)
+            if positions is not None:
+                if n > 0:
+                    raise StepError("scalars", "runtime scalars are tried with the first decomposition only")
+                graph = _with_scalar_arguments(graph, positions, slots, scalar_values)
+            dump.write("graph.txt", str(graph.graph))
+            lowered = lowering.import_and_lower(graph)
             dump.write("torch.mlir", lowered.torch_ir)
             dump.write("linalg.mlir", lowered.linalg_ir)
-            vmfb, from_disk, entry = _compile(lowered.linalg_ir, recipe.device, recipe.name)
+            vmfb, from_disk, entry = _compile(lowered.linalg_ir, recipe.flags)
             copy_inputs = tuple(sorted(lowering.written_arguments(lowered.linalg_ir)))
-            _index(recipe, entry, copy_inputs)
-            try:
-                kernel = Kernel(recipe.device, vmfb, recipe.name, plan, from_disk=from_disk, copy_inputs=copy_inputs)
-            except Exception as e:
-                raise StepError("load", f"{type(e).__name__}: {e}") from None
-            dump.write("compile.log", "ok\nflags: " + " ".join(recipe.device.compile_flags) + "\n")
-            return kernel
+            dump.write("compile.log", "ok\nflags: " + " ".join(recipe.flags) + "\n")
+            return Built(vmfb, plan, copy_inputs, from_disk=from_disk, entry=entry)
         except StepError as e:
             if error is None or _STEP_ORDER.get(e.step, 0) > _STEP_ORDER.get(error.step, 0):
                 error = e  # report the attempt that got furthest
@@ -279,18 +314,20 @@ def _build(recipe: Recipe) -> Kernel:
     raise error
 
 
-_STEP_ORDER = {"trace": 0, "decompose": 1, "functionalize": 1, "import": 2, "lower": 3, "compile": 4, "load": 5}
+_STEP_ORDER = {"scalars": -1, "trace": 0, "decompose": 1, "functionalize": 1, "unsupported": 1,
+               "import": 2, "lower": 3, "compile": 4, "load": 5}
 
 
-def _compile(linalg_ir: str, device: Device, name: str):
+def _compile(linalg_ir: str, flags):
+    """The .vmfb of a lowered module, from the disk cache (keyed by the module's text) or the
+    IREE compiler. Returns (vmfb, from_disk, disk entry or None)."""
     from . import iree_compile
+    from .disk_cache import entry_key
+    from .kernel_index import disk as shared_disk
 
-    disk = _disk_cache()
-    entry = None
+    disk = shared_disk()
+    entry = entry_key(linalg_ir, flags) if disk is not None else None
     if disk is not None:
-        from .disk_cache import entry_key
-
-        entry = entry_key(linalg_ir, device.compile_flags)
         failure = disk.get_failure(entry)
         if failure is not None:
             raise StepError(failure.get("step", "compile"), failure.get("message", "remembered failure"))
@@ -298,7 +335,7 @@ def _compile(linalg_ir: str, device: Device, name: str):
         if blob is not None:
             return blob, True, entry
     try:
-        vmfb = iree_compile.compile_to_vmfb(linalg_ir, device.compile_flags)
+        vmfb = iree_compile.compile_to_vmfb(linalg_ir, list(flags))
     except iree_compile.IreeCompileError as e:
         if disk is not None and not getattr(e, "transient", False):
             disk.put_failure(entry, "compile", first_line(str(e)))
@@ -308,105 +345,10 @@ def _compile(linalg_ir: str, device: Device, name: str):
     return vmfb, False, entry
 
 
-# The disk cache is keyed by the lowered module (what determines the binary). A second index,
-# keyed by the op key and this package's own source, maps straight to that entry, so that a new
-# process loads a known kernel without tracing and lowering it again. It also remembers
-# validation verdicts: a key found wrong stays a fallback in later processes.
-def source_digest(here: str = os.path.dirname(__file__)) -> str:
-    """A hash of every module of the package and of its guard list: whatever shapes keys,
-    templates, decompositions and plans. Changing any of them makes a new index."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for name in sorted(os.listdir(here)):
-        if name.endswith(".py") or name == "guards.json":
-            h.update(name.encode())
-            with open(os.path.join(here, name), "rb") as f:
-                h.update(f.read())
-    return h.hexdigest()
-
-
-_SOURCE_DIGEST = None
-
-
-def _stable(x) -> str:
-    """A text for a key that is the same in every process."""
-    if isinstance(x, (tuple, list)):
-        return "(" + ",".join(_stable(v) for v in x) + ")"
-    if isinstance(x, type):
-        return x.__name__
-    if callable(x) and not isinstance(x, torch._ops.OpOverload) and hasattr(x, "__name__"):
-        return x.__name__
-    return str(x)
-
-
-def _index_key(key, device: Device):
-    global _SOURCE_DIGEST
-    if _SOURCE_DIGEST is None:
-        _SOURCE_DIGEST = source_digest()
-    from .disk_cache import entry_key
-
-    return entry_key(f"op-index\n{_stable(key)}\n{_SOURCE_DIGEST}", device.compile_flags)
-
-
-def _index(recipe: Recipe, entry, copy_inputs):
-    disk = _disk_cache()
-    if disk is not None and entry is not None and recipe.key is not None:
-        disk.put_index(_index_key(recipe.key, recipe.device), {"kernel": entry, "copy_inputs": list(copy_inputs)})
-
-
-def remember_fallback(key, device: Device, fallback: Fallback):
-    """Record in the disk index that `key` runs natively (a validation verdict)."""
-    disk = _disk_cache()
-    if disk is not None and key is not None:
-        disk.put_index(_index_key(key, device), {"fallback": [fallback.step, fallback.reason]})
-
-
-def _load_indexed(recipe: Recipe, plan: OutputPlan):
-    """The Kernel (or remembered Fallback) the disk index has for the recipe's key, or None."""
-    disk = _disk_cache()
-    if disk is None or recipe.key is None:
-        return None
-    record = disk.get_index(_index_key(recipe.key, recipe.device))
-    if record is None:
-        return None
-    if "fallback" in record:
-        step, reason = record["fallback"]
-        return Fallback(step, reason)
-    try:
-        vmfb = disk.get(record["kernel"])
-    except (KeyError, ValueError):  # a record of another shape
-        return None
-    if vmfb is None:
-        return None
-    try:
-        return Kernel(recipe.device, vmfb, recipe.name, plan, from_disk=True, copy_inputs=record.get("copy_inputs", ()))
-    except Exception:
-        return None
-
-
-_disk = None
-_disk_opened = False
-
-
-def _disk_cache():
-    global _disk, _disk_opened
-    if not _disk_opened:
-        _disk_opened = True
-        try:
-            from .disk_cache import open_default_cache
-
-            _disk = open_default_cache()
-        except Exception as e:  # no cache is better than a broken op
-            log.warning("disk kernel cache disabled: %s", e)
-            _disk = None
-    return _disk
-
-
 class _Dump:
     """TORCH_MLIR_EAGER_DUMP_DIR: per new key, the modules, the compiler's verdict, a reproducer."""
 
-    def __init__(self, recipe: Recipe):
+    def __init__(self, recipe: Recipe, scalars=()):
         root = os.environ.get(ENV_DUMP_DIR)
         self.dir = None
         if not root:
@@ -414,7 +356,7 @@ class _Dump:
         from . import repro
 
         self.dir = repro.dump_dir_for(root, recipe)
-        repro.write_reproducer(self.dir, recipe)
+        repro.write_reproducer(self.dir, recipe, scalars)
 
     def write(self, name, text):
         if self.dir is not None:

@@ -10,7 +10,7 @@
                  key    the op + argument metadata + scalars (keys.py; nothing is built)
                  guard  a known-wrong kernel for these dtypes (guards.py)       -> fallback
                  entry  cache[key]; a miss builds a Kernel or a Fallback
-                        (compiler.py, on the compile pool: compile_pool.py)
+                        (compile_service.py: a compile worker runs compiler.py)
                  Kernel    its index inputs are bounds-checked (bounds.py); it runs on the
                            device buffers (buffers.py); fresh results become new tensors,
                            new values of written inputs replace their storages  -> compiled
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from torch.utils._pytree import tree_unflatten
 
-from . import bounds, compile_pool, special, views
+from . import bounds, compile_service, special, views
 from .buffers import dense_buffer, take_host_work_note, write
 from .config import config
 from .fallback import run_native
@@ -61,14 +61,14 @@ def run_op(func, kind, args, kwargs):
         return run_native(func, kind, args, kwargs), host_only_outcome(call)
     if kind.guard is not None and kind.guard.applies(call.tensors):
         return run_native(func, kind, args, kwargs), Fallback("guard", kind.guard.reason)
-    entry = lookup(call)
+    entry, key = lookup(call)
     if isinstance(entry, Kernel):
         if kind.bounds:
             problem = bounds.violation(kind, call)
             if problem is not None:  # PyTorch raises its own error (or gives its own result)
                 return run_native(func, kind, args, kwargs), Fallback("bounds", problem)
         if config.validate and not entry.validated:
-            return run_validated(entry, call, run_kernel)
+            return run_validated(entry, call, key, run_kernel)
         return run_kernel(entry, call), COMPILED if entry.launches else METADATA
     return run_native(func, kind, args, kwargs), entry if isinstance(entry, Fallback) else COMPILING
 
@@ -92,30 +92,40 @@ def host_only_outcome(call: OpCall) -> Fallback:
 
 # ---- the cache --------------------------------------------------------------------------------
 def lookup(call: OpCall):
-    """Kernel | Fallback | Pending for the call's key; builds on a miss."""
-    entry = CACHE.get(call.key)
+    """(Kernel | Fallback | Pending, the key it is cached under) for the call; builds on a miss.
+    A key whose op needs its scalars baked in leads to the key with their values."""
+    entry = _cached(call.key, call, static=False)
+    if entry is compile_service.STATIC_SCALARS:
+        key = call.static_key()
+        return _cached(key, call, static=True), key
+    return entry, call.key
+
+
+def _cached(key, call, static):
+    entry = CACHE.get(key)
     if entry is not None:
         STATS.lookup(hit=True)
         if isinstance(entry, Pending):
             return entry.future.result() if entry.future.done() else entry
         return entry
     STATS.lookup(hit=False)
-    recipe = call.recipe()
+    recipe = call.recipe(static=static)
+    scalars = () if static else call.scalars
     if config.async_compile:
-        return compile_pool.build_in_background(recipe)
-    return compile_pool.build_blocking(recipe)
+        return compile_service.build_in_background(recipe, scalars, call.device)
+    return compile_service.build_blocking(recipe, scalars, call.device)
 
 
 def synchronize_compiles():
     """Wait for every background compile to finish."""
-    compile_pool.synchronize()
+    compile_service.synchronize()
 
 
 # ---- running a kernel -------------------------------------------------------------------------
 def run_kernel(kernel: Kernel, call: OpCall):
     plan = kernel.plan
     tensors = call.tensors
-    outs = iter(kernel([dense_buffer(tensors[i]) for i in plan.live_inputs]))
+    outs = iter(kernel([dense_buffer(tensors[i]) for i in plan.live_inputs], call.scalars))
     device = call.device
     fresh = [
         TorchMLIRTensor._from_buffer(device, spec.dtype, next(outs) if spec.numel else None, spec.shape, spec.stride)

@@ -1,4 +1,5 @@
-"""A kernel: one compiled IREE module, loaded once on its device, called with device buffers."""
+"""A kernel: one compiled IREE module, loaded once on its device, called with device buffers
+(and the call's runtime scalars)."""
 
 from __future__ import annotations
 
@@ -20,14 +21,17 @@ class KernelTiming:
 class Kernel:
     """`kernel(buffers) -> buffers`: runs the module's `main` on dense device buffers."""
 
-    def __init__(self, device: Device, vmfb: bytes, name: str, plan, *, from_disk=False, copy_inputs=()):
+    def __init__(self, device: Device, vmfb: bytes, name: str, plan, *, from_disk=False, copy_inputs=(),
+                 takes_scalars=False):
         self.device = device
         self.name = name
-        self.plan = plan  # compiler.OutputPlan: how results map back to the op's results
+        self.plan = plan  # recipe.OutputPlan: how results map back to the op's results
         self.from_disk = from_disk
         # inputs the compiled code may update in place (see lowering.written_arguments): they are
         # passed as copies, because device buffers are values shared by many tensors
         self.copy_inputs = tuple(copy_inputs)
+        # the call's runtime scalars follow the buffers as arguments (see compiler.py)
+        self.takes_scalars = takes_scalars
         self.validated = False
         self._num_outputs = plan.num_outputs
         if vmfb is None:  # Kernel.empty
@@ -46,16 +50,22 @@ class Kernel:
 
     launches = True  # False for Kernel.empty
 
-    def __call__(self, buffers) -> list:
+    def __call__(self, buffers, scalars=()) -> list:
         if not self.launches:
             return []
         if self.copy_inputs:
             buffers = list(buffers)
             for i in self.copy_inputs:
                 buffers[i] = self.device.copy(buffers[i])
-        args = rt.VmVariantList(len(buffers))
+        args = rt.VmVariantList(len(buffers) + len(scalars))
         for b in buffers:
             args.push_ref(b)
+        if self.takes_scalars:
+            for v in scalars:
+                if isinstance(v, float):
+                    args.push_float(v)
+                else:
+                    args.push_int(v)
         results = rt.VmVariantList(self._num_outputs)
         if KernelTiming.enabled:
             start = time.perf_counter()

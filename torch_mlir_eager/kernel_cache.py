@@ -10,8 +10,9 @@ A *key* is computed from the op and its argument metadata before anything is bui
 
 from __future__ import annotations
 
+import os
 import threading
-from collections import Counter
+from collections import Counter, OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -32,19 +33,41 @@ class Pending:
 
 
 class KernelCache:
-    """Thread-safe map from key to Kernel | Fallback | Pending, with one builder per key."""
+    """Thread-safe map from key to Kernel | Fallback | Pending, with one builder per key, and
+    at most `max_entries` entries: the least recently used go first (a kernel evicted here
+    loads again from the disk index, without compiling)."""
 
-    def __init__(self):
-        self._entries: dict = {}
+    def __init__(self, max_entries: int = int(os.environ.get("TORCH_MLIR_EAGER_KERNEL_CACHE_SIZE", "4096"))):
+        self._entries: OrderedDict = OrderedDict()
         self._building: dict = {}
         self._lock = threading.Lock()
+        self.max_entries = max_entries
 
     def get(self, key):
-        return self._entries.get(key)
+        entry = self._entries.get(key)
+        if entry is not None:
+            try:
+                self._entries.move_to_end(key)
+            except KeyError:  # evicted meanwhile by another thread
+                pass
+        return entry
 
     def set(self, key, entry):
         with self._lock:
             self._entries[key] = entry
+            self._entries.move_to_end(key)
+            self._evict()
+
+    def _evict(self):
+        """Drop the least recently used entries over the bound (not builds in progress)."""
+        for _ in range(len(self._entries)):
+            if len(self._entries) <= self.max_entries:
+                return
+            key, entry = self._entries.popitem(last=False)
+            if isinstance(entry, Pending):
+                self._entries[key] = entry  # still building: keep it, try the next
+                continue
+            STATS.evict("kernels")
 
     def get_or_build(self, key, build):
         """The entry for `key`, calling `build()` at most once per key across threads. If the
@@ -68,6 +91,7 @@ class KernelCache:
             entry = build()
             with self._lock:
                 self._entries[key] = entry
+                self._evict()
         finally:
             with self._lock:
                 self._building.pop(key, None)

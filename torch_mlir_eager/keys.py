@@ -1,35 +1,54 @@
 """The key of an op call: the op and its argument metadata, computed before anything is built.
 
-Tensors contribute dtype, sizes and strides; scalars their type and value; lists their length.
-`abstract` runs on every call, so it builds nothing: the argument *template* (each tensor
-replaced by a `Slot`, negative dims made non-negative) is made only on a cache miss.
+Tensors contribute dtype, sizes and strides; lists their length; other values their type and
+value, except *runtime scalars*: a Python float or int in an argument that may carry one that
+varies between calls (a learning rate, alpha, eps: see ops.OpKind.scalar_args) contributes only
+its type, and is passed to the kernel as an argument, as JAX does with weakly typed Python
+scalars. Ops whose lowering needs the value get kernels keyed by it (`static_key`).
+
+`abstract` runs on every call, so it builds nothing: the argument *template* (each tensor a
+`Slot`, each runtime scalar a `ScalarSlot`, negative dims made non-negative) is made only on a
+cache miss.
 """
 
 from __future__ import annotations
 
 import torch
 
-from . import compiler
 from .device import COMPILED_DTYPES
-from .lowering import Slot, TensorSpec
 from .ops import DIM_ARGS
+from .recipe import Recipe, ScalarSlot, Slot, TensorSpec
 from .tensor import TorchMLIRTensor, DEVICE_TYPE
+
+_INT64 = (-(2**63), 2**63)
+
+
+def is_runtime_scalar(kind, where, value) -> bool:
+    t = type(value)
+    if t is float:
+        return where in kind.scalar_args
+    if t is int:
+        return where in kind.scalar_args and _INT64[0] <= value < _INT64[1]
+    return False
 
 
 class OpCall:
     """An op call abstracted: its key, its device tensor inputs (the kernel's inputs, in slot
     order), and, built only on a miss, the argument template."""
 
-    __slots__ = ("func", "kind", "key", "tensors", "device", "args", "kwargs", "host_only")
+    __slots__ = ("func", "kind", "key", "tensors", "scalars", "device", "args", "kwargs", "host_only")
 
-    def __init__(self, func, kind, key, tensors, device, args, kwargs, host_only):
+    def __init__(self, func, kind, key, tensors, scalars, device, args, kwargs, host_only):
         self.func, self.kind, self.key, self.tensors, self.device = func, kind, key, tensors, device
+        self.scalars = scalars  # the runtime scalars' values, in template order
         self.args, self.kwargs = args, kwargs
         self.host_only = host_only  # a dtype with no IREE element type: runs natively
 
-    def template(self):
-        """(args, kwargs) with each tensor replaced by its Slot, in the same order as the key."""
+    def template(self, bake_scalars: bool = False):
+        """(args, kwargs) with each tensor replaced by its Slot and each runtime scalar by its
+        ScalarSlot (or its value, with `bake_scalars`), in the same order as the key."""
         slots: dict = {}
+        kind = self.kind
 
         def visit(x):
             if isinstance(x, torch.Tensor):
@@ -42,13 +61,30 @@ class OpCall:
                 return torch.device("cpu")
             return x
 
-        t_args = tuple(visit(a) for a in self.args)
-        t_kwargs = {name: visit(self.kwargs[name]) for name in sorted(self.kwargs)}
+        n = [0]
+
+        def top(where, x):
+            if is_runtime_scalar(kind, where, x):
+                n[0] += 1
+                return x if bake_scalars else ScalarSlot(n[0] - 1, type(x))
+            return visit(x)
+
+        t_args = tuple(top(i, a) for i, a in enumerate(self.args))
+        t_kwargs = {name: top(name, self.kwargs[name]) for name in sorted(self.kwargs)}
         return normalize_dims(self.kind, self.args, self.kwargs, t_args, t_kwargs)
 
-    def recipe(self) -> compiler.Recipe:
+    def recipe(self, static: bool = False) -> Recipe:
+        """What to build for this call: with runtime scalars, or (`static`) for the key that
+        includes their values."""
         specs = [TensorSpec(tuple(t.shape), tuple(t.stride()), t.dtype) for t in self.tensors]
-        return compiler.Recipe(self.kind.name, self.func, self.kind, self.template(), specs, self.device, self.key)
+        device = self.device
+        return Recipe(self.kind.name, self.func, self.template(bake_scalars=static), specs, device.driver,
+                      tuple(device.compile_flags), self.static_key() if static else self.key)
+
+    def static_key(self):
+        from .compile_service import static_key_of
+
+        return static_key_of(self.key, self.scalars)
 
 
 def normalize_dims(kind, args, kwargs, t_args, t_kwargs):
@@ -83,6 +119,7 @@ def abstract(func, kind, args, kwargs) -> OpCall:
     tensors: list = []
     slots: dict = {}
     key: list = [func]
+    scalars: list = []
     cpu_scalars = None
     host_only = False
 
@@ -123,12 +160,22 @@ def abstract(func, kind, args, kwargs) -> OpCall:
         else:
             key.append((type(x), x))
 
-    for a in args:
-        visit(a)
+    scalar_args = kind.scalar_args
+    for i, a in enumerate(args):
+        if scalar_args and is_runtime_scalar(kind, i, a):
+            key.append((type(a), "runtime"))
+            scalars.append(a)
+        else:
+            visit(a)
     if kwargs:
         for name in sorted(kwargs):
             key.append(name)
-            visit(kwargs[name])
+            v = kwargs[name]
+            if scalar_args and is_runtime_scalar(kind, name, v):
+                key.append((type(v), "runtime"))
+                scalars.append(v)
+            else:
+                visit(v)
     device = None
     for t in tensors:
         if isinstance(t, TorchMLIRTensor):
@@ -144,4 +191,4 @@ def abstract(func, kind, args, kwargs) -> OpCall:
         for slot in cpu_scalars:
             tensors[slot] = TorchMLIRTensor(tensors[slot], device=device.driver)
     key.append(device.driver)
-    return OpCall(func, kind, tuple(key), tensors, device, args, kwargs, host_only)
+    return OpCall(func, kind, tuple(key), tensors, tuple(scalars), device, args, kwargs, host_only)

@@ -1,127 +1,26 @@
-"""Building and lowering the single-op module.
+"""Building and lowering the single-op module (in a compile worker).
 
-    OpCall --trace--> one-op FX graph (fake tensors, decompositions applied)
-           --import--> torch dialect with refined types (torch-mlir FxImporter)
-           --lower--> linalg-on-tensors (torch-mlir pass pipelines)
+    body --trace--> one-op FX graph (fake tensors, decompositions applied)
+         --import--> torch dialect with refined types (torch-mlir FxImporter)
+         --lower--> linalg-on-tensors (torch-mlir pass pipelines)
 
 Every step raises `StepError(step, message)` so that a fallback can say where it failed.
-The IREE compile step lives in `iree_compile.py`; running the result lives in `kernel.py`.
+make_fx keeps global state (the FX patcher), so one process traces one graph at a time: the
+compile workers are single-threaded processes. The IREE compile step lives in
+`iree_compile.py`; running the result lives in `kernel.py`.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 import re
-import threading
 from dataclasses import dataclass
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from .layout import contiguous_strides, physical_order
-
-
-class StepError(Exception):
-    """A failure at one step of building a kernel. `step` names it for the statistics."""
-
-    def __init__(self, step: str, message: str):
-        super().__init__(message)
-        self.step = step
-        self.message = message
-
-    @property
-    def first_line(self) -> str:
-        return first_line(self.message)
-
-
-def first_line(message: str) -> str:
-    for line in str(message).splitlines():
-        line = line.strip()
-        if line:
-            return line[:300]
-    return "(no message)"
-
-
-# ---- the op call, abstracted ------------------------------------------------------------------
-@dataclass(frozen=True)
-class TensorSpec:
-    """What a kernel needs to know about one tensor input: logical shape, strides and dtype.
-    The kernel takes it as a dense buffer in its physical order (`perm`, see layout.py)."""
-
-    shape: tuple
-    stride: tuple
-    dtype: torch.dtype
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def perm(self):
-        return physical_order(self.shape, self.stride)[0]
-
-    @property
-    def physical_shape(self) -> tuple:
-        perm = self.perm
-        return self.shape if perm is None else tuple(self.shape[d] for d in perm)
-
-
-class Slot:
-    """Stands for the i-th tensor input inside an argument template."""
-
-    __slots__ = ("index",)
-
-    def __init__(self, index: int):
-        self.index = index
-
-    def __repr__(self):
-        return f"Slot({self.index})"
-
-
-def fill(template, values):
-    """Replace every Slot in a nested args/kwargs template by values[slot.index]."""
-    if isinstance(template, Slot):
-        return values[template.index]
-    if isinstance(template, (list, tuple)):
-        return type(template)(fill(t, values) for t in template)
-    if isinstance(template, dict):
-        return {k: fill(v, values) for k, v in template.items()}
-    return template
-
-
-@dataclass
-class OutputSpec:
-    """One tensor result: its metadata as PyTorch gives it, and the physical order the kernel
-    writes it in (`perm`: the result is `out.permute(perm).contiguous()`), so that its strides
-    match PyTorch's without a copy."""
-
-    shape: tuple
-    stride: tuple
-    dtype: torch.dtype
-    perm: tuple | None  # None: the kernel writes it contiguous (and `stride` is contiguous)
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def physical_shape(self) -> tuple:
-        if self.perm is None:
-            return self.shape
-        return tuple(self.shape[d] for d in self.perm)
-
-
-def output_spec(t: torch.Tensor) -> OutputSpec:
-    """The kernel writes a result in its physical order when its strides are dense (row-major,
-    channels_last, any permutation), so its strides match PyTorch's; any other result (gaps,
-    overlaps) gets the same values with contiguous strides."""
-    shape, stride = tuple(t.shape), tuple(t.stride())
-    perm, dense = physical_order(shape, stride)
-    if not dense:
-        return OutputSpec(shape, contiguous_strides(shape), t.dtype, None)
-    return OutputSpec(shape, stride, t.dtype, perm)
+from .recipe import StepError
 
 
 # ---- trace: the one-op FX graph ---------------------------------------------------------------
@@ -187,16 +86,6 @@ def trace(body, specs, decompositions, functionalize: bool) -> torch.fx.GraphMod
     functionalization); the trailing copies back into the inputs are dropped, because `body`
     returns the new values and the caller writes them into the storages.
     """
-    with TRACE_LOCK:
-        return _trace(body, specs, decompositions, functionalize)
-
-
-# make_fx and fake-tensor tracing keep global state (the FX patcher): trace one graph at a time.
-# Compiles (the expensive part) still run in parallel.
-TRACE_LOCK = threading.RLock()
-
-
-def _trace(body, specs, decompositions, functionalize: bool) -> torch.fx.GraphModule:
     fn = body
     if functionalize:
         fn = torch.func.functionalize(body, remove="mutations")
@@ -300,5 +189,5 @@ def written_arguments(linalg_ir: str) -> frozenset:
     if not _IN_PLACE_CAPABLE.search(linalg_ir):
         return frozenset()
     header = re.search(r"func\.func @main\(([^)]*)\)", linalg_ir)
-    count = len(re.findall(r"%arg\d+", header.group(1))) if header else 0
-    return frozenset(range(count))
+    tensors = re.findall(r"%arg(\d+): tensor<", header.group(1)) if header else []  # not scalar arguments
+    return frozenset(int(i) for i in tensors)

@@ -34,6 +34,7 @@ class OpKind:
     dim_rank: object = None  # DimRank: which rank each dim argument counts from (None: no dims)
     bounds: tuple = ()  # bounds.IndexBound per index argument to check before a kernel runs
     guard: object = None  # guards.Guard: known wrong kernels of this op run natively
+    scalar_args: frozenset = frozenset()  # positions and names of arguments that may be runtime scalars
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,27 @@ class DimRank:
 
 
 DIM_ARGS = ("dim", "dims")
+
+# Ops whose kernels depend on a scalar's value in ways a trace does not show (PyTorch's CPU pow
+# computes x**0.5 as sqrt and x**2 as x*x): their scalars are always baked in.
+_STATIC_SCALAR_OPS = {"pow", "pow_", "float_power", "float_power_"}
+
+
+def _scalar_args(schema) -> frozenset:
+    """Arguments that can carry a Python float or int that varies between calls (learning
+    rates, alpha, eps, ...): Scalar and float arguments, and Tensor arguments (where PyTorch
+    passes Python numbers as wrapped numbers). Int arguments (dims, sizes) stay in the key."""
+    if schema.name.split("::")[-1] in _STATIC_SCALAR_OPS:
+        return frozenset()
+    out = set()
+    for i, a in enumerate(schema.arguments):
+        t = a.type
+        if isinstance(t, torch.OptionalType):
+            t = t.getElementType()
+        if isinstance(t, (torch.NumberType, torch.FloatType, torch.TensorType)):
+            out.add(i)
+            out.add(a.name)
+    return frozenset(out)
 # ops whose dim indexes their result, which has one more dim than the input
 _OUTPUT_RANK_OPS = {"unsqueeze", "unsqueeze_copy", "unsqueeze_", "stack", "_stack"}
 # ops where dim=-1 means "no dim", not the last one
@@ -159,7 +181,8 @@ def classify(func) -> OpKind:
         t = ret.type
         if not (isinstance(t, torch.TensorType) or _is_tensor_container(t) or _is_optional_tensor(t)):
             return OpKind(NATIVE, reason=f"returns {t}, not tensors", **common)
-    facts = dict(dim_rank=_dim_rank(schema), bounds=bounds.for_schema(schema), guard=guards.for_op(name), **common)
+    facts = dict(dim_rank=_dim_rank(schema), bounds=bounds.for_schema(schema), guard=guards.for_op(name),
+                 scalar_args=_scalar_args(schema), **common)
     if written:
         return OpKind(MUTATION, **facts)
     if any(r.alias_info is not None for r in schema.returns):

@@ -18,7 +18,7 @@ import re
 
 import torch
 
-from .lowering import Slot
+from .recipe import Slot, fill
 
 _TEMPLATE = '''\
 """Reproducer for {name}, written by torch_mlir_eager.
@@ -125,22 +125,23 @@ def _template_src(template) -> str:
 
 
 def dump_dir_for(root: str, recipe) -> str:
-    digest = hashlib.sha256(repr(recipe.key).encode()).hexdigest()[:12]
+    digest = hashlib.sha256(repr((recipe.specs, recipe.template, recipe.flags)).encode()).hexdigest()[:12]
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", recipe.name)[:80]
     path = os.path.join(root, f"{safe}-{digest}")
     os.makedirs(path, exist_ok=True)
     return path
 
 
-def write_reproducer(path: str, recipe) -> None:
+def write_reproducer(path: str, recipe, scalars=()) -> None:
     inputs = "\n".join(
         f"    make({tuple(s.shape)!r}, {tuple(s.stride)!r}, {s.dtype}),"
         for s in recipe.specs
     )
-    src = _template_src(recipe.template)
+    # runtime scalars are written with this call's values
+    src = _template_src(fill(recipe.template, [Slot(i) for i in range(len(recipe.specs))], scalars))
     text = _TEMPLATE.format(
         name=recipe.name,
-        driver=recipe.device.driver,
+        driver=recipe.driver,
         op_expr=_op_expr(recipe.func),
         inputs=inputs,
         template="(), {}",

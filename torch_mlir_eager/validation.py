@@ -6,16 +6,20 @@ native result, counted as a `validate` fallback.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch.utils._pytree import tree_flatten
 
-from . import compiler
+from . import kernel_index
 from .fallback import HostCopies
 from .kernel_cache import CACHE, COMPILED, STATS, Fallback
 from .tensor import TorchMLIRTensor
 
+log = logging.getLogger("torch_mlir_eager")
 
-def run_validated(kernel, call, run_kernel):
+
+def run_validated(kernel, call, key, run_kernel):
     """First run of a new kernel, checked against native PyTorch on the same inputs."""
     func, kind, args, kwargs = call.func, call.kind, call.args, call.kwargs
     host = HostCopies(args, kwargs)
@@ -26,10 +30,10 @@ def run_validated(kernel, call, run_kernel):
     if problem is None:
         return result, COMPILED
     fallback = Fallback("validate", f"kernel disagrees with native PyTorch: {problem}")
-    CACHE.set(call.key, fallback)
-    compiler.remember_fallback(call.key, call.device, fallback)
+    CACHE.set(key, fallback)
+    kernel_index.remember_fallback(key, call.device.compile_flags, fallback.step, fallback.reason)
     STATS.mismatch()
-    compiler.log.warning("%s: %s; kernel disabled for this key", kind.name, fallback.reason)
+    log.warning("%s: %s; kernel disabled for this key", kind.name, fallback.reason)
     host.write_back(kind.written, kind.arg_names)  # undo the kernel's writes
     return host.to_device(expected), fallback
 
