@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -500,3 +501,312 @@ def test_cli_off(monkeypatch, capsys):
     assert "disabled" in capsys.readouterr().out
     assert cli.main(["--json"]) == 0
     assert json.loads(capsys.readouterr().out)["enabled"] is False
+
+
+# --- the size bound shared between processes ----------------------------------------------
+
+
+def scanned_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.glob("??/*") if p.suffix in (".vmfb", ".fail", ".idx"))
+
+
+def recorded_bytes(root: Path) -> int:
+    """The size record kept in <root>/size.lock (ValueError when there is none)."""
+    return int((root / "size.lock").read_bytes())
+
+
+@pytest.fixture(params=["flock", "no-fcntl"])
+def lock_mode(request, monkeypatch):
+    """Runs a test with fcntl (size record under flock) and without (a scan per write)."""
+    if request.param == "no-fcntl":
+        monkeypatch.setattr(disk_cache, "fcntl", None)
+    return request.param
+
+
+def test_bound_holds_across_caches_sharing_a_root(tmp_path, lock_mode):
+    """Two caches on one root (as two processes would be) write in turn: after every put the
+    total of both is within the bound, not each one's own writes."""
+    bound = 20_000
+    a = DiskCache(tmp_path, bound, persist_stats=False)
+    b = DiskCache(tmp_path, bound, persist_stats=False)
+    for i in range(40):
+        (a if i % 2 else b).put(key_of(f"shared-bound{i}"), os.urandom(1500))
+        assert scanned_bytes(tmp_path) <= bound, i
+    assert a.evictions + b.evictions > 0
+    assert a.get(key_of("shared-bound39")) is not None  # the newest entry survives
+    if lock_mode == "flock":
+        assert recorded_bytes(tmp_path) == scanned_bytes(tmp_path)
+
+
+_WORKER = """
+    import hashlib, json, random, time
+    from pathlib import Path
+    root, sync, me, rounds, ops, bound, mode = sys.argv[1:8]
+    me, rounds, ops, bound = int(me), int(rounds), int(ops), int(bound)
+    if mode == "no-fcntl":
+        dc.fcntl = None
+    c = dc.DiskCache(root, bound, persist_stats=False)
+
+    def barrier(name):
+        Path(sync, f"{name}-{me}").touch()
+        deadline = time.monotonic() + 30
+        while len(list(Path(sync).glob(f"{name}-*"))) < 4:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"barrier {name}")
+            time.sleep(0.002)
+
+    def total_bytes():
+        return sum(p.stat().st_size for p in Path(root).glob("??/*")
+                   if p.suffix in (".vmfb", ".fail", ".idx"))
+
+    def key(name):
+        return hashlib.sha256(name.encode()).hexdigest()
+
+    def filler(seed, size):
+        block = hashlib.sha256(seed.encode()).hexdigest()
+        return (block * (size // len(block) + 1))[:size]
+
+    # Every payload names its key and writer and can be rebuilt from them: a reader checks it.
+    def kernel(k, writer, size):
+        return f"{k}:{writer}:{size}:{filler(k + str(writer), size)}".encode()
+
+    def kernel_ok(k, data):
+        k2, writer, size, _ = data.decode().split(":", 3)
+        return k2 == k and data == kernel(k, int(writer), int(size))
+
+    def failure_ok(k, rec):
+        return rec["message"] == filler(k + rec["step"], len(rec["message"]))
+
+    def index_ok(k, rec):
+        return rec["pad"] == filler(k + str(rec["writer"]), len(rec["pad"]))
+
+    n_ops = rounds * ops
+    shared = [key(f"shared{i}") for i in range(12)]
+    names = {w: [key(f"own{w}-{i}") for i in range(n_ops)] for w in range(4)}
+    rng = random.Random(me)
+    bad = 0
+    max_total = 0
+    barrier("start")
+    for i in range(n_ops):
+        k = rng.choice(shared) if rng.random() < 0.3 else names[me][i]
+        kind = rng.choice(("kernel", "kernel", "failure", "index"))
+        if kind == "kernel":
+            c.put(k, kernel(k, me, rng.randrange(200, 6000)))
+        elif kind == "failure":
+            step = f"w{me}"
+            c.put_failure(k, step, filler(k + step, rng.randrange(50, 2000)))
+        else:
+            c.put_index(k, {"writer": me, "pad": filler(k + str(me), rng.randrange(10, 600))})
+        # Read what others wrote, possibly being evicted right now: a miss or a whole entry.
+        other = rng.choice(shared + names[rng.randrange(4)][:i + 1])
+        data, fail, rec = c.get(other), c.get_failure(other), c.get_index(other)
+        bad += data is not None and not kernel_ok(other, data)
+        bad += fail is not None and not failure_ok(other, fail)
+        bad += rec is not None and not index_ok(other, rec)
+        if i % ops == ops - 1:  # every process has written its round: measure, then go on
+            barrier(f"{i}-written")
+            max_total = max(max_total, total_bytes())
+            barrier(f"{i}-measured")
+    print(json.dumps({"bad": bad, "corrupt": c.corrupt, "evictions": c.evictions,
+                      "max_total": max_total}))
+"""
+
+
+def _check_entry(cache: DiskCache, path: Path) -> bool:
+    """Reads ``path`` through the cache's own read path and checks it as _WORKER does."""
+    k = path.stem
+    if path.suffix == ".vmfb":
+        data = cache.get(k)
+        if data is None:
+            return False
+        named_key, writer, size, payload = data.decode().split(":", 3)
+        if named_key != k or int(size) != len(payload):
+            return False
+        seed = k + writer
+    elif path.suffix == ".fail":
+        rec = cache.get_failure(k)
+        if rec is None:
+            return False
+        seed, payload = k + rec["step"], rec["message"]
+    else:
+        rec = cache.get_index(k)
+        if rec is None:
+            return False
+        seed, payload = k + str(rec["writer"]), rec["pad"]
+    block = hashlib.sha256(seed.encode()).hexdigest()
+    return payload == (block * (len(payload) // len(block) + 1))[: len(payload)]
+
+
+def test_processes_share_the_bound(tmp_path, lock_mode):
+    """4 processes write kernels, failures and index records of varied sizes to one small
+    cache (some keys shared) and read each other's entries while they are evicted. They
+    write in rounds; between rounds, when no one writes, the total must be within the bound."""
+    bound, rounds, ops = 40_000, 10, 15
+    root, sync = tmp_path / "cache", tmp_path / "sync"
+    sync.mkdir()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CHILD_PRELUDE + textwrap.dedent(_WORKER), str(root),
+             str(sync), str(me), str(rounds), str(ops), str(bound), lock_mode],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for me in range(4)
+    ]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0 and not err, err
+        results.append(json.loads(out))
+    assert all(r["bad"] == 0 and r["corrupt"] == 0 for r in results), results
+    assert sum(r["evictions"] for r in results) > 0, results  # the bound was reached
+    assert max(r["max_total"] for r in results) <= bound, results
+
+    total = scanned_bytes(root)
+    assert 0 < total <= bound
+    if lock_mode == "flock":
+        assert recorded_bytes(root) == total
+    reader = DiskCache(root, bound, persist_stats=False)
+    remaining = sorted(p for p in root.glob("??/*") if p.suffix in (".vmfb", ".fail", ".idx"))
+    assert remaining and all(_check_entry(reader, p) for p in remaining)
+    assert reader.corrupt == 0
+    assert not list(root.glob("??/.tmp-*"))
+
+
+@pytest.mark.parametrize("bound", [0, 1, 3000])
+def test_tiny_bound(tmp_path, lock_mode, bound):
+    """A bound of 0 stores nothing; an entry bigger than 90% of the bound is not stored (and
+    evicts nothing); whatever fits is stored and read back. No put raises."""
+    cache = DiskCache(tmp_path, bound, persist_stats=False)
+    small, big = key_of("small"), key_of("big")
+    cache.put(small, b"s" * 100)  # 148 bytes with its header
+    cache.put(big, b"b" * 5000)
+    cache.put_failure(key_of("fail"), "compile", "m" * 200)
+    cache.put_index(key_of("idx"), {"kernel": small})
+    assert cache.get(big) is None
+    assert scanned_bytes(tmp_path) <= bound
+    if bound == 0 or bound == 1:
+        assert cache.get(small) is None and cache.writes == 0
+    else:
+        assert cache.get(small) == b"s" * 100
+        assert cache.get_index(key_of("idx")) == {"kernel": small}
+        assert cache.writes == 1 and cache.evictions == 0
+
+
+def test_put_below_bound_does_not_scan(tmp_path, monkeypatch):
+    """With fcntl the total comes from the size record: only the first put (no record yet)
+    and evictions scan the directory."""
+    cache = DiskCache(tmp_path, 10_000, persist_stats=False)
+    scans = []
+    real_scan = cache._scan
+    monkeypatch.setattr(cache, "_scan", lambda: scans.append(1) or real_scan())
+    for i in range(5):
+        cache.put(key_of(f"noscan{i}"), b"x" * 1000)
+    assert len(scans) == 1
+    for i in range(5, 10):
+        cache.put(key_of(f"noscan{i}"), b"x" * 1000)
+    assert cache.evictions > 0 and len(scans) == 2  # the eviction's scan
+
+
+def test_size_record_follows_every_change(tmp_path):
+    cache = DiskCache(tmp_path, 1 << 20, persist_stats=False)
+    k1, k2, k3 = key_of("r1"), key_of("r2"), key_of("r3")
+
+    def check():
+        assert recorded_bytes(tmp_path) == scanned_bytes(tmp_path)
+
+    cache.put(k1, os.urandom(3000))
+    check()
+    cache.put(k1, os.urandom(1000))  # an overwrite counts the difference
+    check()
+    cache.put_failure(k2, "compile", "boom")
+    cache.put_index(k3, {"kernel": k1})
+    check()
+    assert cache.discard(k1, cache.get(k1))
+    check()
+    cache.put(k1, b"x" * 500)
+    damaged = bytearray(cache.kernel_path(k1).read_bytes())
+    damaged[-1] ^= 0xFF  # corrupt, same size: the reader deletes it
+    cache.kernel_path(k1).write_bytes(bytes(damaged))
+    assert cache.get(k1) is None and cache.corrupt == 1
+    check()
+    (tmp_path / "size.lock").write_bytes(b"")  # a lost record is rebuilt by a scan
+    cache.put(k1, b"y" * 700)
+    check()
+    assert cache.evict(0) == 3
+    check()
+    cache.put(k1, b"z")
+    cache.clear()
+    assert recorded_bytes(tmp_path) == 0
+
+
+@pytest.mark.parametrize("new_size", [500, 5000])
+def test_writer_killed_before_its_rename(tmp_path, monkeypatch, new_size):
+    """A writer that dies between updating the size record and renaming its entry into
+    place (shrinking or growing an entry) leaves the record too high, never too low."""
+    cache = DiskCache(tmp_path, 1 << 20, persist_stats=False)
+    k = key_of("killed")
+    cache.put(k, os.urandom(3000))
+
+    def killed(*args):
+        raise KeyboardInterrupt  # not an OSError: nothing is rolled back, as for SIGKILL
+
+    monkeypatch.setattr(disk_cache.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        cache.put(k, os.urandom(new_size))
+    monkeypatch.undo()
+    assert len(cache.get(k)) == 3000  # the old entry is still there
+    assert recorded_bytes(tmp_path) >= scanned_bytes(tmp_path)
+
+
+# --- reporting a bad kernel ----------------------------------------------------------------
+
+
+def test_discard_bad_kernel(tmp_path):
+    """A kernel that passes the checksum but fails to load is discarded by the caller: the
+    next get misses, and the recompiled kernel is stored in its place."""
+    cache = DiskCache(tmp_path, 1 << 20, persist_stats=False)
+    k = key_of("unloadable")
+    assert not cache.discard(k, b"never stored")
+    cache.put(k, b"valid checksum, does not load")
+    bad = cache.get(k)
+    assert cache.discard(k, bad)
+    assert not cache.kernel_path(k).exists() and cache.get(k) is None
+    assert not cache.discard(k, bad)  # already gone
+    cache.put(k, b"recompiled")
+    assert cache.get(k) == b"recompiled"
+
+
+def test_discard_keeps_a_replaced_entry(tmp_path):
+    """Another process replaced the bad kernel meanwhile: its new one is not deleted."""
+    reporter = DiskCache(tmp_path, 1 << 20, persist_stats=False)
+    other = DiskCache(tmp_path, 1 << 20, persist_stats=False)
+    k = key_of("replaced")
+    reporter.put(k, b"kernel v1")
+    bad = reporter.get(k)
+    other.put(k, b"kernel v2")  # as long as v1: only the checksum tells them apart
+    assert not reporter.discard(k, bad)
+    assert reporter.get(k) == b"kernel v2"
+
+
+# --- readers and eviction ------------------------------------------------------------------
+
+
+def test_reader_of_an_evicted_entry(tmp_path, monkeypatch):
+    """Eviction unlinks an entry a reader has open: the reader still gets it whole. Once
+    unlinked, the next reader misses. Neither raises."""
+    cache = DiskCache(tmp_path, 1 << 20, persist_stats=False)
+    k = key_of("evicted-while-read")
+    payload = os.urandom(200_000)
+    cache.put(k, payload)
+    real_open = open
+
+    def open_then_evict(path, *args, **kwargs):
+        f = real_open(path, *args, **kwargs)
+        assert DiskCache(tmp_path, 1 << 20, persist_stats=False).evict(0) == 1
+        return f
+
+    monkeypatch.setattr(disk_cache, "open", open_then_evict, raising=False)
+    assert cache.get(k) == payload
+    monkeypatch.undo()
+    assert not cache.kernel_path(k).exists()
+    assert cache.get(k) is None and cache.corrupt == 0

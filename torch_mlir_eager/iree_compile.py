@@ -2,15 +2,15 @@
 
 Two ways to run the IREE compiler:
 
-* ``inprocess`` (default): the IREE compiler C embedding API in ``libIREECompiler.so``,
-  driven through :mod:`iree.compiler.api` (Session / Invocation / Source / Output), with
-  the result written to a memory buffer and diagnostics captured through a callback.
-  No process start and no library load per compile. The ctypes calls release the GIL, so
-  compiles on several threads run in parallel.
-* ``subprocess``: runs the ``iree-compile`` tool of the ``iree-base-compiler`` wheel,
-  module text on stdin and .vmfb on stdout (what ``iree.compiler.compile_str`` does).
-  Slower (each call starts a process and loads the compiler library) but a compiler crash
-  only kills the child.
+* ``subprocess`` (default, ``DEFAULT_MODE``): runs the ``iree-compile`` tool of the
+  ``iree-base-compiler`` wheel, module text on stdin and .vmfb on stdout (what
+  ``iree.compiler.compile_str`` does). Each call starts a process (~50 ms), but a compiler
+  crash only kills the child and becomes a compile failure.
+* ``inprocess``: the IREE compiler C embedding API in ``libIREECompiler.so``, driven
+  through :mod:`iree.compiler.api` (Session / Invocation / Source / Output), with the
+  result written to a memory buffer and diagnostics captured through a callback. No process
+  start and no library load per compile; the ctypes calls release the GIL, so compiles on
+  several threads run in parallel. A compiler crash kills the user's process.
 
 Pick one with ``TORCH_MLIR_EAGER_COMPILER=inprocess|subprocess`` (read on every call).
 ``benchmarks/compile_modes.py`` measures the two.
