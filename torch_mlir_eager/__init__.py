@@ -13,7 +13,7 @@ from .config import set_validate, set_async_compile
 from .compile_service import set_compile_listener
 from .kernel_cache import STATS as _STATS, CACHE as _CACHE
 from .module import to_device, to_host
-from .precompile import precompile
+from .dry_run import precompile
 from .timing import kernel_timing, kernel_times
 
 __all__ = [

@@ -123,7 +123,7 @@ def _from_record(record, recipe, device):
     kernel = _load(built, recipe, device, takes_scalars=takes, from_disk=True)
     if isinstance(kernel, Fallback):  # a stored kernel that does not load: build it again
         log.warning("%s: the cached kernel does not load (%s); rebuilding it", recipe.name, kernel.reason)
-        kernel_index.forget(recipe.key, recipe.flags, record)
+        kernel_index.forget(record)
         return None
     return kernel
 

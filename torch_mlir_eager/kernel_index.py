@@ -139,12 +139,9 @@ def remember_static_scalars(key, flags):
         d.put_index(index_key(key, flags), {"static_scalars": True})
 
 
-def forget(key, flags, record=None):
-    """Drop an index record (and its kernel binary) that turned out to be unusable."""
+def forget(record):
+    """Drop the binary of an index record that does not load, so that the kernel is compiled
+    again (the rebuilt kernel's record then replaces this one)."""
     d = disk()
-    if d is None or key is None:
-        return
-    if record is not None and "kernel" in record and hasattr(d, "discard"):
-        d.discard(record["kernel"])
-    if hasattr(d, "discard_index"):
-        d.discard_index(index_key(key, flags))
+    if d is not None and "kernel" in record and record.get("vmfb") is not None:
+        d.discard(record["kernel"], record["vmfb"])

@@ -63,16 +63,30 @@ class DimRank:
 
 DIM_ARGS = ("dim", "dims")
 
-# Ops whose kernels depend on a scalar's value in ways a trace does not show (PyTorch's CPU pow
-# computes x**0.5 as sqrt and x**2 as x*x): their scalars are always baked in.
-_STATIC_SCALAR_OPS = {"pow", "pow_", "float_power", "float_power_"}
+# Ops whose scalars may be runtime arguments: the scalar enters their computation the same way
+# whatever its value. Any other op keeps its scalars in the key, because PyTorch's kernels or
+# torch-mlir's lowerings may specialise on the value in ways a trace does not show (norm's
+# ord=inf takes a max, smooth_l1_loss's beta=0 is an L1 loss, pow's 0.5 is a sqrt, addmm's
+# beta=0 ignores NaNs in its input). In-place variants (add_) share their op's entry.
+RUNTIME_SCALAR_OPS = {
+    "add", "sub", "rsub", "mul", "div", "true_divide", "addcmul", "addcdiv", "lerp",
+    "clamp", "clamp_min", "clamp_max", "clip", "fill", "full_like", "new_full", "masked_fill",
+    "index_fill", "where", "eq", "ne", "lt", "le", "gt", "ge",
+    "leaky_relu", "leaky_relu_backward", "hardtanh", "hardtanh_backward", "threshold",
+    "threshold_backward", "elu", "elu_backward", "celu", "softplus", "softplus_backward",
+    "hardshrink", "hardshrink_backward", "softshrink", "softshrink_backward", "nan_to_num",
+}
 
 
 def _scalar_args(schema) -> frozenset:
     """Arguments that can carry a Python float or int that varies between calls (learning
-    rates, alpha, eps, ...): Scalar and float arguments, and Tensor arguments (where PyTorch
-    passes Python numbers as wrapped numbers). Int arguments (dims, sizes) stay in the key."""
-    if schema.name.split("::")[-1] in _STATIC_SCALAR_OPS:
+    rates, alpha, momentum, clamp bounds): Scalar and float arguments, and Tensor arguments
+    (where PyTorch passes Python numbers as wrapped numbers), of the ops in
+    RUNTIME_SCALAR_OPS. Int arguments (dims, sizes) always stay in the key."""
+    base = schema.name.split("::")[-1]
+    if base.endswith("_") and not base.startswith("__"):
+        base = base[:-1]
+    if base not in RUNTIME_SCALAR_OPS:
         return frozenset()
     out = set()
     for i, a in enumerate(schema.arguments):
@@ -83,6 +97,8 @@ def _scalar_args(schema) -> frozenset:
             out.add(i)
             out.add(a.name)
     return frozenset(out)
+
+
 # ops whose dim indexes their result, which has one more dim than the input
 _OUTPUT_RANK_OPS = {"unsqueeze", "unsqueeze_copy", "unsqueeze_", "stack", "_stack"}
 # ops where dim=-1 means "no dim", not the last one

@@ -1,11 +1,11 @@
-"""precompile: build every kernel a call needs, in parallel, before the call runs.
+"""Dry runs, and precompile: build every kernel a call needs, in parallel, before the call runs.
 
     torch_mlir_eager.precompile(model, example_input)
 
 The call runs once *dry*: its inputs become `DryTensor`s, device tensors with metadata and no
 data. Every op on them takes the ordinary path up to the kernel key (keys, layouts, bounds
-probes, scalars), submits each unknown key to the compile workers, and makes its results from
-PyTorch's meta kernels, without touching the device. Then precompile waits for the workers,
+probes, scalars), submits each unknown key to the compile workers, and makes its results on
+fake CPU tensors (as the workers plan), without touching the device. Then precompile waits for the workers,
 reporting progress. The real call that follows finds its kernels in the cache.
 
 A dry run stops early at an op whose result depends on values (`.item()`, `nonzero`, a copy
@@ -43,7 +43,10 @@ class DryTensor(TorchMLIRTensor):
 
 class _DryRun:
     def __init__(self):
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
         self.submitted: dict = {}  # key -> (recipe, scalars, device)
+        self.fake_mode = FakeTensorMode(allow_non_fake_inputs=False)
 
     def want(self, key, recipe, scalars, device):
         if key in self.submitted or CACHE.get(key) is not None:
@@ -94,22 +97,27 @@ def _want_kernels(func, kind, args, kwargs):
 
 
 def _meta_results(func, kind, args, kwargs):
-    """The call's results, made by PyTorch's meta kernels: views share their base's storage,
-    inputs returned (in-place ops) are themselves, anything else is a new dry tensor."""
+    """The call's results, with the metadata PyTorch's CPU kernels give (from fake CPU tensors,
+    as the compile workers plan; meta kernels disagree on some strides): views share their
+    base's storage, inputs returned (in-place ops) are themselves, anything else is a new dry
+    tensor."""
     originals = {}
 
-    def to_meta(x):
+    def to_fake(x):
         if isinstance(x, TorchMLIRTensor):
-            m = views.meta(x)
-            originals[id(m)] = x
-            return m
+            dtype = views._proxy_dtype(x.dtype)
+            base = torch.empty((x._storage_ref.nbytes // dtype.itemsize,), dtype=dtype)
+            f = base.as_strided(x.shape, x.stride(), x.storage_offset())
+            originals[id(f)] = x
+            return f
         if isinstance(x, torch.device) and x.type == "iree":
-            return torch.device("meta")
+            return torch.device("cpu")
         return x
 
     try:
-        out = func(*tree_map(to_meta, args), **tree_map(to_meta, kwargs))
-    except Exception as e:  # no meta kernel, or a data-dependent result
+        with _run.fake_mode:
+            out = func(*tree_map(to_fake, args), **tree_map(to_fake, kwargs))
+    except Exception as e:  # a data-dependent result, or an op fake tensors cannot run
         raise DryRunStop(f"{kind.name}: {type(e).__name__}: {e}".splitlines()[0]) from None
     device = next(t for t in tree_flatten((args, kwargs))[0] if isinstance(t, TorchMLIRTensor))._storage_ref.device
     base = next((a for a in tree_flatten(args)[0] if isinstance(a, TorchMLIRTensor)), None)
@@ -122,12 +130,13 @@ def _meta_results(func, kind, args, kwargs):
             if kind.inplace_view and not isinstance(original, DryTensor):
                 raise DryRunStop(f"{kind.name} would change a real tensor's metadata")
             return original
+        dtype = base.dtype if base is not None and m.dtype == views._proxy_dtype(base.dtype) else m.dtype
         if kind.kind == VIEW and base is not None:
             storage = base._storage_ref
         else:
             extent = 1 + sum((s - 1) * st for s, st in zip(m.shape, m.stride())) + m.storage_offset() if m.numel() else 0
             storage = DeviceStorage(device, extent * m.element_size(), None)
-        return DryTensor._make(storage, m.dtype, tuple(m.shape), tuple(m.stride()), m.storage_offset())
+        return DryTensor._make(storage, dtype, tuple(m.shape), tuple(m.stride()), m.storage_offset())
 
     return tree_map(wrap, out)
 
