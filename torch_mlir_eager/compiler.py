@@ -98,6 +98,7 @@ def plan_outputs(recipe: Recipe, kind, scalars) -> OutputPlan:
         live_outputs=[i for i, s in enumerate(out_specs) if s.numel > 0],
         live_writes=[slot for slot, shape in zip(writes, write_shapes) if math.prod(shape) > 0],
         live_write_shapes=[shape for shape in write_shapes if math.prod(shape) > 0],
+        input_shapes=[s.shape for s in specs],
     )
 
 

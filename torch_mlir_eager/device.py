@@ -7,6 +7,7 @@ the only code that moves bytes between host memory and device buffers.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 
@@ -14,11 +15,35 @@ import numpy as np
 import torch
 import iree.runtime as rt
 
-# Measured on the 2-core CI machine, quiet: ResNet18 eval batch 1 at 224 runs in 264 ms on
-# local-task (its convolutions use every core) against 372 ms on local-sync, while a cached
-# 64-element add costs 99 us against 77 us. The models users run decide: local-task.
-DEFAULT_DRIVER = "local-task"
+# The default CPU device is "hybrid": one storage model (host memory) and two ways to run a
+# kernel, chosen per kernel from its work (work_of): inline on local-sync (an invoke costs a few
+# microseconds) or on local-task's thread pool (an invoke costs tens of microseconds to wake the
+# threads, and then uses every core). "local-sync" and "local-task" remain explicit choices.
+DEFAULT_DRIVER = "hybrid"
 ENV_DEVICE = "TORCH_MLIR_EAGER_DEVICE"
+ENV_CROSSOVER = "TORCH_MLIR_EAGER_HYBRID_CROSSOVER"
+# Work (work_of) from which local-task beats local-sync: benchmarks/crossover.py measures it.
+HYBRID_CROSSOVER = 1 << 18
+
+_MATMUL_OPS = ("aten.mm.", "aten.bmm.", "aten.addmm.", "aten.baddbmm.", "aten.addbmm.", "aten.matmul.",
+               "aten.linear.", "aten._scaled_mm.")
+
+
+def work_of(name: str, input_shapes, output_shapes) -> int:
+    """How much work a kernel does, for placing it on the hybrid device: multiply-adds for
+    matmuls and convolutions, else the elements it reads and writes."""
+    out = sum(math.prod(s) for s in output_shapes)
+    if "convolution" in name:
+        backward = "backward" in name  # (grad_output, input, weight, ...)
+        index = 2 if backward else 1  # (input, weight, ...)
+        if len(input_shapes) > index and len(input_shapes[index]) >= 3:
+            weight = input_shapes[index]  # (Cout, Cin/groups, k...): each output sums over the rest
+            largest = max(math.prod(s) for s in list(input_shapes) + list(output_shapes))
+            return largest * math.prod(weight[1:]) * (2 if backward else 1)
+    if name.startswith(_MATMUL_OPS) and input_shapes:
+        k = max((s[-1] for s in input_shapes if len(s) >= 2), default=1)
+        return out * k
+    return out + sum(math.prod(s) for s in input_shapes)
 
 # torch dtype -> IREE element type, for the dtypes that kernels compute in. Any other dtype
 # (float8, quantized, uint16/32/64, complex32, ...) is still stored (as bytes) on the device, and
@@ -63,22 +88,26 @@ class Device:
         from .iree_compile import target_flags
 
         self.driver = driver
-        try:
-            self.hal = rt.get_device(driver)
-        except (ValueError, RuntimeError) as e:
-            raise RuntimeError(
-                f"torch_mlir_eager: cannot open IREE driver {driver!r} ({e}); "
-                f"available drivers: {rt.query_available_drivers()}"
-            ) from None
+        hybrid = driver == "hybrid"
+        self.hal = _open("local-task" if hybrid else driver)  # allocates every buffer
+        # hybrid: small kernels run inline on local-sync, over the same (host) buffers
+        self.inline = _open("local-sync") if hybrid else None
+        self.crossover = float(os.environ.get(ENV_CROSSOVER, HYBRID_CROSSOVER))
         self.instance = rt.VmInstance()
-        self.compile_flags = list(target_flags(driver))
-        self._host_visible = driver.startswith("local")
+        self.compile_flags = list(target_flags("local-task" if hybrid else driver))
+        self._host_visible = hybrid or driver.startswith("local")
 
     def __repr__(self):
         return f"Device({self.driver!r})"
 
-    def new_hal_module(self):
-        return rt.create_hal_module(self.instance, self.hal)
+    def hal_for(self, work: float):
+        """The runtime device a kernel of `work` runs on."""
+        if self.inline is not None and work < self.crossover:
+            return self.inline
+        return self.hal
+
+    def new_hal_module(self, hal=None):
+        return rt.create_hal_module(self.instance, hal or self.hal)
 
     # ---- host <-> device: bytes ---------------------------------------------------------------
     def upload(self, t: torch.Tensor):
@@ -128,6 +157,16 @@ class Device:
         """The first bytes of `buffer` as a dense array of `shape` and `dtype` (no copy)."""
         return rt.HalBufferView(buffer, list(shape), _ELEMENT_TYPES[dtype])
 
+
+
+def _open(driver: str):
+    try:
+        return rt.get_device(driver)
+    except (ValueError, RuntimeError) as e:
+        raise RuntimeError(
+            f"torch_mlir_eager: cannot open IREE driver {driver!r} ({e}); "
+            f"available drivers: {rt.query_available_drivers()} (and hybrid)"
+        ) from None
 
 
 _devices: dict[str, Device] = {}

@@ -14,7 +14,9 @@
                  Kernel    its index inputs are bounds-checked (bounds.py); it runs on the
                            device buffers (buffers.py); fresh results become new tensors,
                            new values of written inputs replace their storages  -> compiled
-                 Fallback  runs in PyTorch on host copies, results back         -> fallback
+                 Fallback  its decomposition, when it has one, runs through      -> metadata
+                           dispatch, each part compiled on its own (decomposed.py);
+                           else it runs in PyTorch on host copies, results back -> fallback
 
 Every intercepted call is counted exactly once, in `record`.
 """
@@ -23,14 +25,14 @@ from __future__ import annotations
 
 from torch.utils._pytree import tree_unflatten
 
-from . import bounds, compile_service, special, views
+from . import bounds, compile_service, decomposed, special, views
 from .buffers import dense_buffer, take_host_work_note, write
 from .config import config
 from .fallback import run_native
 from .kernel import Kernel
 from .kernel_cache import CACHE, COMPILED, METADATA, STATS, Fallback, Pending
 from .keys import OpCall, abstract
-from .ops import NATIVE, VIEW, classify
+from .ops import FUNCTIONAL, NATIVE, VIEW, classify
 from .tensor import TorchMLIRTensor
 from .validation import run_validated
 
@@ -45,7 +47,9 @@ def dispatch(func, args, kwargs):
         result, outcome = handler(func, kind, args, kwargs)
     elif kind.kind == VIEW:
         result, outcome = views.run_view(func, args, kwargs), METADATA
-        if result is None:
+        if result is views.NOT_A_VIEW:
+            result, outcome = run_op(func, kind, args, kwargs)
+        elif result is None:
             result, outcome = run_native(func, kind, args, kwargs), PER_CHANNEL_VIEW
     elif kind.kind == NATIVE:
         result, outcome = run_native(func, kind, args, kwargs), Fallback(kind.native_step, kind.reason)
@@ -70,7 +74,24 @@ def run_op(func, kind, args, kwargs):
         if config.validate and not entry.validated:
             return run_validated(entry, call, key, run_kernel)
         return run_kernel(entry, call), COMPILED if entry.launches else METADATA
+    if isinstance(entry, Fallback) and entry.step in decomposed.DECOMPOSABLE_STEPS and kind.kind == FUNCTIONAL:
+        result = run_decomposed(func, kind, args, kwargs)
+        if result is not None:
+            return result, METADATA
     return run_native(func, kind, args, kwargs), entry if isinstance(entry, Fallback) else COMPILING
+
+
+def run_decomposed(func, kind, args, kwargs):
+    """The op run as its decomposition, each part through dispatch; None when it has none (or
+    the decomposition fails: the caller then runs the op natively, which gives its error)."""
+    try:
+        result = decomposed.run(func, args, kwargs)
+    except Exception as e:  # noqa: BLE001
+        compile_service.log.debug("%s: eager decomposition failed (%s); running it natively", kind.name, e)
+        return None
+    if result is not None:
+        STATS.decomposed_call(kind.name)
+    return result
 
 
 def record(op_name: str, outcome):

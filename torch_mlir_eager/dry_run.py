@@ -101,7 +101,8 @@ def _meta_results(func, kind, args, kwargs):
     as the compile workers plan; meta kernels disagree on some strides): views share their
     base's storage, inputs returned (in-place ops) are themselves, anything else is a new dry
     tensor."""
-    originals = {}
+    originals = {}  # id(fake) -> the device tensor it stands for
+    fakes = {}  # id(device tensor) -> its fake
 
     def to_fake(x):
         if isinstance(x, TorchMLIRTensor):
@@ -109,6 +110,7 @@ def _meta_results(func, kind, args, kwargs):
             base = torch.empty((x._storage_ref.nbytes // dtype.itemsize,), dtype=dtype)
             f = base.as_strided(x.shape, x.stride(), x.storage_offset())
             originals[id(f)] = x
+            fakes[id(x)] = f
             return f
         if isinstance(x, torch.device) and x.type == "iree":
             return torch.device("cpu")
@@ -121,6 +123,7 @@ def _meta_results(func, kind, args, kwargs):
         raise DryRunStop(f"{kind.name}: {type(e).__name__}: {e}".splitlines()[0]) from None
     device = next(t for t in tree_flatten((args, kwargs))[0] if isinstance(t, TorchMLIRTensor))._storage_ref.device
     base = next((a for a in tree_flatten(args)[0] if isinstance(a, TorchMLIRTensor)), None)
+    fake_base = fakes.get(id(base)) if base is not None else None
 
     def wrap(m):
         if not isinstance(m, torch.Tensor):
@@ -131,8 +134,8 @@ def _meta_results(func, kind, args, kwargs):
                 raise DryRunStop(f"{kind.name} would change a real tensor's metadata")
             return original
         dtype = base.dtype if base is not None and m.dtype == views._proxy_dtype(base.dtype) else m.dtype
-        if kind.kind == VIEW and base is not None:
-            storage = base._storage_ref
+        if kind.kind == VIEW and fake_base is not None and m.untyped_storage()._cdata == fake_base.untyped_storage()._cdata:
+            storage = base._storage_ref  # a view (reshape and contiguous may give copies)
         else:
             extent = 1 + sum((s - 1) * st for s, st in zip(m.shape, m.stride())) + m.storage_offset() if m.numel() else 0
             storage = DeviceStorage(device, extent * m.element_size(), None)

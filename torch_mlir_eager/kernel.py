@@ -8,7 +8,14 @@ import time
 
 import iree.runtime as rt
 
-from .device import Device
+from .device import Device, work_of
+
+
+def device_work(name: str, plan) -> int:
+    """The kernel's work (device.work_of), from its plan."""
+    inputs = getattr(plan, "input_shapes", None) or []
+    outputs = [s.shape for s in plan.out_specs] + list(plan.live_write_shapes)
+    return work_of(name, inputs, outputs)
 
 
 class KernelTiming:
@@ -36,8 +43,11 @@ class Kernel:
         self._num_outputs = plan.num_outputs
         if vmfb is None:  # Kernel.empty
             return
+        self.vmfb = vmfb
+        self.work = device_work(name, plan)
+        self.hal = device.hal_for(self.work)  # hybrid device: inline or on the thread pool
         module = rt.VmModule.copy_buffer(device.instance, vmfb)
-        self._context = rt.VmContext(device.instance, modules=[device.new_hal_module(), module])
+        self._context = rt.VmContext(device.instance, modules=[device.new_hal_module(self.hal), module])
         self._main = module.lookup_function("main")
         self._lock = threading.Lock()  # a VM context is not safe to invoke from two threads at once
 

@@ -135,6 +135,7 @@ class Stats:
             self.host_transfer_bytes = 0
             self.bounds_checks = 0
             self.evictions = Counter()
+            self.decomposed = Counter()
             self.fallbacks: dict[str, dict] = {}
 
     def call(self, kind: str):
@@ -178,6 +179,10 @@ class Stats:
         with self._lock:
             self.evictions[what] += 1
 
+    def decomposed_call(self, op_name: str):
+        with self._lock:
+            self.decomposed[op_name] += 1
+
     def bounds_check(self):
         with self._lock:
             self.bounds_checks += 1
@@ -194,6 +199,7 @@ class Stats:
                 host_transfer_bytes=self.host_transfer_bytes,
                 bounds_checks=self.bounds_checks,
                 evictions=dict(self.evictions),
+                decomposed=dict(self.decomposed),
                 kernels_compiled=self.kernels_compiled,
                 compile_failures=self.compile_failures,
                 compile_seconds=round(self.compile_seconds, 6),

@@ -116,6 +116,7 @@ class OutputPlan:
     live_outputs: list = field(default_factory=list)  # fresh results the kernel returns (not zero-size)
     live_writes: list = field(default_factory=list)  # writes the kernel returns, after live_outputs
     live_write_shapes: list = field(default_factory=list)  # their shapes (out= may resize)
+    input_shapes: list = field(default_factory=list)  # shapes of the tensor inputs (for device.work_of)
 
     @functools.cached_property
     def single_fresh(self) -> bool:

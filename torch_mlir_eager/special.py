@@ -11,6 +11,7 @@ import math
 import torch
 
 from . import dispatch, views
+from .decomposed import FUSED
 from .buffers import dense_buffer, write
 from .fallback import run_native, upload
 from .kernel_cache import COMPILED, METADATA, Fallback
@@ -158,6 +159,14 @@ def _known_miscompile(reason, predicate):
     return handler
 
 
+def _fused(func, kind, args, kwargs):
+    """A fused op no compiler lowers: its decomposition, through dispatch."""
+    result = dispatch.run_decomposed(func, kind, args, kwargs)
+    if result is None:
+        return run_native(func, kind, args, kwargs), Fallback("unsupported", "fused op; its decomposition failed")
+    return result, METADATA
+
+
 def _unsafe_view(func, kind, args, kwargs):
     return views.run_view(func, args, kwargs), METADATA
 
@@ -180,4 +189,5 @@ _HANDLERS = {
     aten.set_.source_Storage: _set_,
     aten.set_.source_Storage_storage_offset: _set_,
     aten._unsafe_view.default: _unsafe_view,
+    **{op: _fused for op in FUSED},
 }

@@ -32,9 +32,14 @@ def memo_size() -> int:
     return len(_memo)
 
 
+NOT_A_VIEW = object()  # an op that may alias returned a copy (reshape, contiguous of a strided tensor)
+
+
 def run_view(func, args, kwargs):
-    """A view of the first tensor argument's storage; None when the base is quantized per
-    channel (its quantizer depends on the view: such views run natively, as copies)."""
+    """A view of the first tensor argument's storage. NOT_A_VIEW when PyTorch gives a copy for
+    these arguments (composite ops such as reshape and contiguous reach dispatch when called
+    from inside it): the caller then computes it. None when the base is quantized per channel
+    (its quantizer depends on the view: such views run natively, as copies)."""
     base = next(a for a in args if isinstance(a, TorchMLIRTensor))
     if base._qparams is not None and not base._qparams.per_tensor:
         return None
@@ -53,6 +58,8 @@ def run_view(func, args, kwargs):
         except KeyError:  # evicted by another thread meanwhile
             pass
     is_seq, seq_type, items = metas
+    if items is None:
+        return NOT_A_VIEW
     storage = base._storage_ref
     qparams = base._qparams
     views = [TorchMLIRTensor._make(storage, dtype, size, stride, offset, qparams=qparams) for dtype, size, stride, offset in items]
@@ -61,8 +68,12 @@ def run_view(func, args, kwargs):
 
 def _view_metadata(func, args, kwargs, base):
     meta_func = aten.view.default if func is aten._unsafe_view.default else func
-    out = meta_func(*[meta(a) for a in args], **{k: meta(v) for k, v in kwargs.items()})
+    meta_args = [meta(a) for a in args]
+    out = meta_func(*meta_args, **{k: meta(v) for k, v in kwargs.items()})
     flat = list(out) if isinstance(out, (list, tuple)) else [out]
+    meta_base = meta_args[next(i for i, a in enumerate(args) if a is base)]
+    if not all(m.untyped_storage()._cdata == meta_base.untyped_storage()._cdata for m in flat):
+        return isinstance(out, (list, tuple)), type(out), None  # a copy, not a view
     proxy = _proxy_dtype(base.dtype)
 
     def dtype_of(m):  # a quantized base is viewed through its integer dtype
