@@ -1,0 +1,34 @@
+"""Attribution: which aten kernels a mismatch comes from.
+
+The failing case runs again in the backend's validation mode, with no kernel remembered from
+before: each kernel the call builds is checked against native PyTorch on its first run, and the
+ones that disagree are disabled (fallbacks of step `validate`). Those are the culprits. The run
+also records every aten op the call dispatched, with its input dtypes, as evidence when
+validation finds nothing (a wrong dtype, a missing error, a random op, a host fallback).
+"""
+
+from __future__ import annotations
+
+from .backend import dispatch_recorder, load_backend, supports_validation, validation
+from .compare import first_line
+
+
+def attribute(recheck) -> dict:
+    """{culprits: [{op, reason, dtypes}], resolved: whether the case agrees once they are
+    disabled, dispatched: [aten ops]}; `recheck(around_call)` runs the case's backend half again."""
+    if not supports_validation():
+        return {"culprits": [], "dispatched": [], "note": "the backend has no validation mode"}
+    be = load_backend()
+    recorder = dispatch_recorder()
+    try:
+        with validation():
+            problem = recheck(lambda: recorder)
+            st = be.stats()
+    except Exception as e:  # the rerun raised: keep what was recorded
+        return {"culprits": [], "dispatched": sorted(recorder.ops),
+                "note": f"the rerun in validation mode raised {type(e).__name__}: {first_line(e)}"}
+    culprits = [
+        {"op": name, "reason": str(fb.get("reason", "")), "dtypes": sorted(recorder.ops.get(name, ()))}
+        for name, fb in sorted((st.get("fallbacks") or {}).items()) if fb.get("step") == "validate"
+    ]
+    return {"culprits": culprits, "resolved": problem is None, "dispatched": sorted(recorder.ops)}
