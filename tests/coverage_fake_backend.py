@@ -15,6 +15,7 @@ chosen with $COVERAGE_FAKE_BUGS (comma-separated; unset: sub_fallback,neg_wrong,
     random_zeros        random ops return zeros, or leave their input unchanged when in place
     strided_inputs      strided inputs are read as if they were contiguous
     contiguous_outputs  results are always contiguous
+    flush_subnormals    subnormal inputs are read as zeros
 
 Like the real backend, set_validate(True) checks each "kernel" (an op with a value bug: not the
 random ops, not raising) against native on its first run, disables it for the rest of the
@@ -148,6 +149,10 @@ def _kernel(func, name, args, kwargs, out):
     """The op's result as the buggy "kernel" computes it, from the correct result `out`."""
     if "strided_inputs" in BUGS:
         out = func(*_strided_as_contiguous(args), **kwargs)
+    if "flush_subnormals" in BUGS:
+        tiny = torch.finfo(torch.float32).tiny
+        out = func(*tree_map(lambda t: torch.where(t.abs() < tiny, t * 0, t)
+                             if isinstance(t, torch.Tensor) and t.is_floating_point() else t, args), **kwargs)
 
     def float_map(fn):
         return tree_map(lambda t: fn(t) if isinstance(t, torch.Tensor) and t.is_floating_point() else t, out)

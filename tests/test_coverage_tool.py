@@ -129,12 +129,16 @@ def test_bug_is_found_in_its_column(fake_backend, monkeypatch, bug, entry, colum
         assert summ["unattributed"][0]["dispatched"]
 
 
-def test_stride_differences_are_reported_apart(fake_backend, monkeypatch):
-    monkeypatch.setattr(fake_backend, "BUGS", {"contiguous_outputs"})
-    r = _run(["nn.functional.conv2d"], ["layout"])["nn.functional.conv2d"]
-    assert r["columns"]["layout"]["state"] == "ok"
+@pytest.mark.parametrize("bug,entry,column,kind,case", [
+    ("contiguous_outputs", "nn.functional.conv2d", "layout", "strides", "sample 0, channels_last"),
+    ("flush_subnormals", "mul", "extremal", "subnormals", "sample 0, grid of subnormal values 8x8"),
+])
+def test_minor_differences_are_reported_apart(fake_backend, monkeypatch, bug, entry, column, kind, case):
+    monkeypatch.setattr(fake_backend, "BUGS", {bug})
+    r = _run([entry], [column])[entry]
+    assert r["columns"][column]["state"] == "ok"
     minor = coverage.summarize([r])["minor_differences"]
-    assert [(m["kind"], m["case"]) for m in minor] == [("strides", "sample 0, channels_last")]
+    assert [(m["kind"], m["case"]) for m in minor] == [(kind, case)]
     assert coverage.build_guards([r]) == []
 
 

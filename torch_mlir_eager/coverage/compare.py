@@ -166,20 +166,29 @@ def zero_sign_difference(actual, expected):
     return None
 
 
-def stride_difference(device_strides, expected):
-    """A message when an output that native lays out densely in a non-default order (channels_last,
-    transposed) has other strides on the device, else None. Strides of size-1 dims are ignored."""
+def dense_layouts(obj):
+    """Per leaf of `obj`: (shape, strides) of a tensor laid out densely in a non-default order
+    (channels_last, transposed), else None. Read on native results before anything copies them."""
     import torch
-    from torch._prims_common import is_non_overlapping_and_dense_or_false as is_non_overlapping_and_dense
+    from torch._prims_common import is_non_overlapping_and_dense_or_false
 
-    for i, (got, e) in enumerate(zip(device_strides, _leaves(expected))):
-        if not isinstance(e, torch.Tensor) or got is None or e.layout != torch.strided or e.numel() <= 1:
+    out = []
+    for t in _leaves(obj):
+        dense = (isinstance(t, torch.Tensor) and t.layout == torch.strided and t.numel() > 1
+                 and not t.is_contiguous() and is_non_overlapping_and_dense_or_false(t))
+        out.append((tuple(t.shape), tuple(t.stride())) if dense else None)
+    return out
+
+
+def stride_difference(device_strides, native_layouts):
+    """A message when an output native lays out densely in a non-default order has other strides
+    on the device, else None. Strides of size-1 dims are ignored."""
+    for i, (got, want) in enumerate(zip(device_strides, native_layouts)):
+        if got is None or want is None:
             continue
-        if e.is_contiguous() or not is_non_overlapping_and_dense(e):
-            continue
-        want = e.stride()
-        if any(g != w for g, w, n in zip(got, want, e.shape) if n > 1) or len(got) != len(want):
-            return f"output {i}: strides {list(got)}, native {list(want)} (shape {list(e.shape)})"
+        shape, strides = want
+        if len(got) != len(strides) or any(g != w for g, w, n in zip(got, strides, shape) if n > 1):
+            return f"output {i}: strides {list(got)}, native {list(strides)} (shape {list(shape)})"
     return None
 
 

@@ -171,7 +171,7 @@ def run_entry(entry, max_samples=DEFAULT_MAX_SAMPLES, op_budget=DEFAULT_OP_BUDGE
         if len(random_variants) >= max_samples:
             break
         try:
-            if native_behaviour(fn, v)[2] == "random":
+            if native_behaviour(fn, v).behaviour == "random":
                 random_variants.append(v)
         except Exception:
             continue

@@ -10,7 +10,7 @@ COLUMN_TITLES = {"values": "values", "extremal": "extremal", "layout": "layout",
 COLUMN_MEANING = {
     "values": "OpInfo's sample inputs (the class of the entry)",
     "extremal": "nan, ±inf, ±0.0, huge and tiny values; for binary ufuncs every pair of them; NaN or ±inf put "
-                "into any op's floating input",
+                "into any op's floating input (subnormals: reported apart)",
     "layout": "inputs non-contiguous, transposed or channels_last (made on the device by a view)",
     "negative_dims": "dim arguments rewritten to their negative equivalent",
     "gradient": "torch.autograd.grad of sum(output · w) w.r.t. the floating inputs, backend leaves",
@@ -194,10 +194,11 @@ def _differential(w, summ):
         w("")
     minor = summ.get("minor_differences") or []
     if minor:
-        w("## Strides and signs of zeros\n")
+        w("## Strides, signs of zeros and subnormals\n")
         w("Values agree, but an output native lays out densely in a non-default order has other strides "
-          "(`strides`), or a zero has the other sign (`zero_signs`). These matter less than values and make "
-          "no guard.\n")
+          "(`strides`), a zero has the other sign (`zero_signs`), or an input or result below the smallest "
+          "normal float is treated differently (`subnormals`: typically flushed to zero). These matter less "
+          "than values and make no guard.\n")
         w("| entry | dtype | column | kind | case | detail |")
         w("|---|---|---|---|---|---|")
         for m in minor:

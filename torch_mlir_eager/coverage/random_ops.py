@@ -17,7 +17,7 @@ import time
 
 from .backend import Unwrappable, call_outcome, device_type, is_random_aten, load_backend, to_device, to_host
 from .compare import compare
-from .differential import SEED, device_failure, native_failure, run_native, seeded, with_stats
+from .differential import SEED, device_failure, native_failure, run_native, seeded, tensors_of, with_stats
 from .samples import on_device
 
 DRAWS = 2000  # values per distribution (repeating the call on the sample's shape)
@@ -99,6 +99,7 @@ def run_random(fn, variant):
     be = load_backend()
     try:
         ref, ref_inputs = run_native(fn, variant)
+        ref_inputs = tensors_of(ref_inputs)
     except Exception as e:
         return native_failure(e)
     on_backend = variant._replace(kwargs=on_device(variant.kwargs, device_type()))
@@ -110,7 +111,7 @@ def run_random(fn, variant):
         with around_call():
             out = seeded(lambda: fn(inp, *args, **kwargs), seed)
         st = be.stats()
-        return to_host(out)[0], to_host(wrapped)[0], st
+        return to_host(out)[0], to_host(tensors_of(wrapped))[0], st
 
     def draws(call):
         """The values of as many calls (seeds SEED+1000, +1001, ...) as make about DRAWS values;

@@ -3,7 +3,8 @@
     extremal        elementwise ops: every floating input filled with nan, +-inf, +-0.0, huge and
                     tiny values; unary ufuncs: all of those values as the input; binary ufuncs: the
                     grid of every pair of them (by broadcasting); every op: a sample with a NaN,
-                    and one with +inf and -inf, put in
+                    and one with +inf and -inf, put in. The same with subnormals, whose
+                    differences (flushing to zero) are reported apart
     negative_dims   non-negative dim arguments rewritten to their negative equivalent (checked to
                     mean the same thing natively)
     layout          inputs non-contiguous (every other element), transposed (dense, last two dims
@@ -26,11 +27,12 @@ LAYOUTS = ("noncontiguous", "transposed", "channels_last")
 
 
 class Variant(NamedTuple):
-    label: str  # "sample 0", "sample 0, extremal grid", ...
+    label: str  # "sample 0", "sample 0, grid of extremal values 16x16", ...
     input: object
     args: tuple
     kwargs: dict
     broadcasts_input: bool = False
+    minor: str = ""  # a kind of difference reported apart, not as a mismatch ("subnormals")
 
     def tree(self):
         return (self.input, self.args, self.kwargs)
@@ -89,14 +91,24 @@ def _map_tensors(variant, fn, label):
     return variant._replace(label=label, input=inp, args=tuple(args), kwargs=dict(kwargs)) if changed else None
 
 
-# ---- extremal values --------------------------------------------------------------------------
+# ---- extremal values ----------------------------------------------------------------------
 def extremal_values(dtype):
-    """nan, +-inf, +-0.0, +-1, huge (1e20, the dtype's max), tiny (smallest normal, a subnormal)."""
+    """nan, +-inf, +-0.0, +-1, huge (1e20, the dtype's max), tiny (the smallest normal)."""
     import torch
 
     fi = torch.finfo(dtype)
     vals = [math.nan, math.inf, -math.inf, 0.0, -0.0, 1.0, -1.0, 0.5, -2.5, 1e20, -1e20, fi.max, -fi.max,
-            fi.tiny, -fi.tiny, fi.tiny * fi.eps]
+            fi.tiny, -fi.tiny, 3.0]
+    return torch.tensor(vals, dtype=torch.float64).to(dtype)
+
+
+def subnormal_values(dtype):
+    """Subnormals (the smallest, half the smallest normal) with 0, +-1 and inf: a backend that flushes
+    subnormals to zero differs on them."""
+    import torch
+
+    fi = torch.finfo(dtype)
+    vals = [fi.tiny * fi.eps, -fi.tiny * fi.eps, fi.tiny / 2, -fi.tiny / 2, 0.0, 1.0, -1.0, math.inf]
     return torch.tensor(vals, dtype=torch.float64).to(dtype)
 
 
@@ -137,16 +149,12 @@ def _first_floating(variants):
     return best
 
 
-def extremal_variants(op, variants, dtype, inplace):
+def _value_set_variants(op, variants, base, values, name, inplace, minor=""):
+    """Variants that feed `values` to an elementwise op: every floating input filled with them
+    (pointwise ops), all of them as the input (unary ufuncs), the grid of every pair (binary ufuncs)."""
     import torch
     from torch.testing._internal.opinfo.core import BinaryUfuncInfo, UnaryUfuncInfo
 
-    if not dtype.is_floating_point:
-        return []
-    base = _first_floating(variants)
-    if base is None:
-        return []
-    ext = extremal_values(dtype)
     out = []
     if is_pointwise(op):
         count = [0]
@@ -155,25 +163,39 @@ def extremal_variants(op, variants, dtype, inplace):
             if not t.is_floating_point() or t.numel() == 0:
                 return None
             count[0] += 1
-            vals = ext.to(t.dtype).roll(5 * (count[0] - 1))
+            vals = values.to(t.dtype).roll(5 * (count[0] - 1))
             return vals.repeat(t.numel() // len(vals) + 1)[: t.numel()].reshape(t.shape).clone()
 
-        filled = _map_tensors(base, fill, f"{base.label}, filled with extremal values")
+        filled = _map_tensors(base, fill, f"{base.label}, filled with {name}")
         if filled is not None:
-            out.append(filled)
+            out.append(filled._replace(minor=minor))
     if isinstance(op, UnaryUfuncInfo):
-        out.append(base._replace(label=f"{base.label}, the {len(ext)} extremal values", input=ext.clone()))
+        out.append(base._replace(label=f"{base.label}, the {len(values)} {name}", input=values.clone(), minor=minor))
     if isinstance(op, BinaryUfuncInfo):
         for v in variants:
             other = v.args[0] if v.args else None
             if isinstance(v.input, torch.Tensor) and isinstance(other, torch.Tensor) and other.is_floating_point():
-                left = ext.to(v.input.dtype).reshape(-1, 1)
+                left = values.to(v.input.dtype).reshape(-1, 1)
                 if inplace:
-                    left = left.expand(len(ext), len(ext)).clone()
-                out.append(v._replace(label=f"{v.label}, extremal grid {len(ext)}x{len(ext)}", input=left,
-                                      args=(ext.to(other.dtype).reshape(1, -1),) + tuple(v.args[1:]),
-                                      broadcasts_input=not inplace))
+                    left = left.expand(len(values), len(values)).clone()
+                out.append(v._replace(label=f"{v.label}, grid of {name} {len(values)}x{len(values)}", input=left,
+                                      args=(values.to(other.dtype).reshape(1, -1),) + tuple(v.args[1:]),
+                                      broadcasts_input=not inplace, minor=minor))
                 break
+    return out
+
+
+def extremal_variants(op, variants, dtype, inplace):
+    """Extremal-value variants, NaN/inf-injected variants, and subnormal variants (whose
+    differences are reported apart, as `subnormals`)."""
+    import torch
+
+    if not dtype.is_floating_point:
+        return []
+    base = _first_floating(variants)
+    if base is None:
+        return []
+    out = _value_set_variants(op, variants, base, extremal_values(dtype), "extremal values", inplace)
     for label, values in (("NaN put in", (math.nan,)), ("+inf and -inf put in", (math.inf, -math.inf))):
         x = base.input.clone(memory_format=torch.contiguous_format)
         flat = x.view(-1)
@@ -183,6 +205,8 @@ def extremal_variants(op, variants, dtype, inplace):
         if math.isnan(values[0]) and flat.numel() > 3:
             flat[flat.numel() // 2] = math.nan
         out.append(base._replace(label=f"{base.label}, {label}", input=x))
+    out += _value_set_variants(op, variants, base, subnormal_values(dtype), "subnormal values", inplace,
+                               minor="subnormals")
     return out
 
 

@@ -14,6 +14,8 @@ CLASSES = ("compiled", "partial", "fallback", "mismatch", "error", "skipped")
 STATES = ("ok", "partial", "fallback", "mismatch", "error", "n/a")
 _STATE_OF_CLASS = {"compiled": "ok", "skipped": "n/a"}
 MAX_NOTES = 5
+# Differences reported apart from mismatches (they matter less, and make no guard).
+MINOR_KINDS = ("strides", "zero_signs", "subnormals")
 
 
 class ColumnTally:
@@ -33,7 +35,7 @@ class ColumnTally:
         self.first_error = None
         self.worst = None  # {case, message, max_abs_err, recheck}
         self.mismatches = 0
-        self.minor = {}  # strides / zero_signs -> {case, detail}
+        self.minor = {}  # a MINOR_KINDS kind -> {case, detail}
         self.not_applicable = None  # why the column does not apply
 
     def note(self, text):
@@ -67,7 +69,7 @@ class ColumnTally:
                 cur["count"] += int(fb.get("count", 1))
         if r.get("note"):
             self.note(f"{label}: {r['note']}")
-        for kind in ("strides", "zero_signs"):
+        for kind in MINOR_KINDS:
             if r.get(kind) and kind not in self.minor:
                 self.minor[kind] = {"case": label, "detail": r[kind]}
         if oc == "error" and self.first_error is None:
