@@ -31,4 +31,7 @@ def attribute(recheck) -> dict:
         {"op": name, "reason": str(fb.get("reason", "")), "dtypes": sorted(recorder.ops.get(name, ()))}
         for name, fb in sorted((st.get("fallbacks") or {}).items()) if fb.get("step") == "validate"
     ]
-    return {"culprits": culprits, "resolved": problem is None, "dispatched": sorted(recorder.ops)}
+    out = {"culprits": culprits, "resolved": problem is None, "dispatched": sorted(recorder.ops)}
+    if problem is None and not culprits:
+        out["note"] = "agrees in validation mode without a kernel disabled (validation runs native first)"
+    return out

@@ -36,7 +36,8 @@ EXTRA_CHECKS = COLUMNS[1:]
 DEFAULT_MAX_SAMPLES = 3
 DEFAULT_OP_BUDGET = 30.0
 ERROR_INPUTS_PER_OP = 6
-LAYOUT_SAMPLES = 2  # the largest samples among the first --max-samples get the layout variants
+LAYOUT_SAMPLES = 1  # the largest sample among the first --max-samples gets the layout variants
+GRADIENT_SAMPLES = 2  # each needs backward kernels compiled: the first two samples
 # Ops named like random ops get this many samples looked at for seed-dependent ones (dropout's
 # first samples have p=0); whether a sample is random is decided by running it natively.
 RANDOM_SCAN = 10
@@ -128,7 +129,7 @@ def _column_cases(column, op, fn, entry, variants, dtype, random_variants, max_s
     if column == "gradient":
         if not op.supports_autograd or not dtype.is_floating_point:
             return "no autograd support for this dtype"
-        return [(v.label, lambda v=v: run_gradient(fn, v, inplace)) for v in variants]
+        return [(v.label, lambda v=v: run_gradient(fn, v, inplace)) for v in variants[:GRADIENT_SAMPLES]]
     pointwise = sample_variants.is_pointwise(op)
     if column == "extremal":
         made = sample_variants.extremal_variants(op, variants, dtype, inplace)

@@ -54,8 +54,8 @@ SWEEP_DEFAULT_OPS = [
     "matmul", "addmm", "nn.functional.linear", "nn.functional.conv2d", "nn.functional.max_pool2d",
     "nn.functional.avg_pool2d",
     # random ops
-    "randn", "rand_like", "randn_like", "uniform", "normal", "bernoulli", "nn.functional.dropout",
-    "exponential", "multinomial",
+    "randn", "rand_like", "randn_like", "uniform", "normal", "normal.in_place", "bernoulli",
+    "nn.functional.dropout", "exponential", "multinomial",
 ]
 SWEEP_DEFAULT_INPLACE = ["add", "mul", "clamp", "sigmoid", "div.no_rounding_mode"]
 SWEEP_DEFAULT_MAX_SAMPLES = 2
