@@ -30,22 +30,27 @@ segfaults inside a native library, or hangs, costs only itself: the parent recor
 and starts a fresh child for the rest.
 
 Modules: selection (which entries), samples (input variants), compare (outputs against native),
-differential / gradients / error_inputs / random_ops (running one case of a check), tally (a
-column's class), attribution (culprit kernels), entry (one entry through every check), worker
-(process isolation), summary, markdown, guards, baseline, cli.
+backend (the API under test), cases (what every check's case shares), differential / gradients /
+error_inputs / random_ops (one case of a check), tally (a column's class), attribution (culprit
+kernels), entry (one entry through every check), worker (process isolation), progress, summary,
+markdown, guards, baseline, cli.
 """
 
 from .backend import ENV_BACKEND, forget_backend, load_backend
-from .baseline import CLASS_RANK, compare_to_baseline, write_baseline
-from .entry import COLUMNS, DEFAULT_MAX_SAMPLES, DEFAULT_OP_BUDGET, EXTRA_CHECKS, error_result, run_entry
-from .guards import build_guards, merge as merge_guards, read_manual as read_manual_guards, write_guards
+from .baseline import compare_to_baseline, write_baseline
+from .entry import COLUMNS, EXTRA_CHECKS, run_entry
+from .guards import build_guards
 from .markdown import render_markdown
-from .selection import (BASELINE_INPLACE, BASELINE_OPS, SWEEP_DEFAULT_OPS, baseline_names, entry_id, find_op,
-                        load_op_db, select_entries, sweep_default_names)
-from .summary import normalize_reason, summarize
-from .tally import CLASSES, STATES
-from .worker import (DEFAULT_OP_TIMEOUT, DEFAULT_OUT_DIR, ENV_TEST_CRASH, ENV_TEST_HANG, run_inprocess,
-                     run_isolated)
+from .selection import SWEEP_DEFAULT_OPS, baseline_names, find_op, select_entries, sweep_default_names
+from .summary import summarize
+from .worker import ENV_TEST_CRASH, ENV_TEST_HANG, run_inprocess, run_isolated
+
+__all__ = [
+    "COLUMNS", "ENV_BACKEND", "ENV_TEST_CRASH", "ENV_TEST_HANG", "EXTRA_CHECKS", "SWEEP_DEFAULT_OPS", "baseline_names",
+    "build_guards", "compare_to_baseline", "find_op", "forget_backend", "load_backend", "main", "render_markdown",
+    "run_entry", "run_inprocess", "run_isolated", "select_entries", "summarize", "sweep_default_names",
+    "write_baseline",
+]
 
 
 def main(argv=None):

@@ -24,7 +24,8 @@ import warnings
 from . import samples as sample_variants
 from .attribution import attribute
 from .backend import supports_validation
-from .differential import error_info, native_behaviour, run_forward, run_native
+from .cases import error_info, native_behaviour, run_native
+from .differential import run_forward
 from .error_inputs import error_variants, run_error_input
 from .gradients import run_gradient
 from .random_ops import run_random

@@ -11,7 +11,7 @@ import warnings
 
 from .backend import Unwrappable, call_outcome, load_backend, to_device, to_host
 from .compare import exception_difference
-from .differential import clone_tensor, with_stats
+from .cases import clone_tensor, with_stats
 from .samples import Variant
 
 

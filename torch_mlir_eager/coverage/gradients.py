@@ -9,7 +9,7 @@ import time
 
 from .backend import Unwrappable, call_outcome, load_backend, to_device, to_host
 from .compare import compare
-from .differential import device_failure, native_failure, seeded, with_stats
+from .cases import device_failure, native_failure, seeded, with_stats
 
 # Gradients sum over more terms than forward results (a reduction's backward, a convolution's
 # weight gradient), in another order on the backend: they get this many times the forward's

@@ -254,7 +254,8 @@ def render_markdown(data) -> str:
     w = out.append
     _header(w, meta, summ)
     _differential(w, summ)
-    _guards(w, data.get("guards"))
+    if summ.get("columns"):  # runs before the differential checks have no attribution to make guards from
+        _guards(w, data.get("guards"))
     _fallbacks(w, summ)
     _errors_and_value_mismatches(w, results)
     _per_op(w, results, [c for c in COLUMNS if c in (summ.get("columns") or {})])

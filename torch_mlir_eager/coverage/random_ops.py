@@ -17,7 +17,7 @@ import time
 
 from .backend import Unwrappable, call_outcome, device_type, is_random_aten, load_backend, to_device, to_host
 from .compare import compare
-from .differential import SEED, device_failure, native_failure, run_native, seeded, tensors_of, with_stats
+from .cases import SEED, device_failure, native_failure, run_native, seeded, tensors_of, with_stats
 from .samples import on_device
 
 DRAWS = 2000  # values per distribution (repeating the call on the sample's shape)

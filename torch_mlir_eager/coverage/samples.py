@@ -46,9 +46,11 @@ class Variant(NamedTuple):
         memo = {}
 
         def leaf(x):
-            if isinstance(x, (torch.Tensor, LaidOut)) and id(x) not in memo:
+            if not isinstance(x, (torch.Tensor, LaidOut)):
+                return x
+            if id(x) not in memo:
                 memo[id(x)] = x.view(place(x.base)) if isinstance(x, LaidOut) else place(x)
-            return memo.get(id(x), x) if isinstance(x, (torch.Tensor, LaidOut)) else x
+            return memo[id(x)]
 
         return tree_map(leaf, self.tree())
 
@@ -73,14 +75,15 @@ def tensor_leaves(obj):
 
 
 def _map_tensors(variant, fn, label):
-    """The variant with every tensor leaf t replaced by fn(t) (None keeps t); None if none changed."""
+    """The variant with every strided tensor leaf t replaced by fn(t) (None keeps t); None if none
+    changed."""
     import torch
     from torch.utils._pytree import tree_map
 
     changed = []
 
     def leaf(x):
-        if isinstance(x, torch.Tensor):
+        if isinstance(x, torch.Tensor) and x.layout == torch.strided:
             y = fn(x)
             if y is not None:
                 changed.append(x)
@@ -143,7 +146,8 @@ def _first_floating(variants):
 
     best = None
     for v in variants:
-        if isinstance(v.input, torch.Tensor) and v.input.is_floating_point() and v.input.numel() > 0:
+        x = v.input
+        if isinstance(x, torch.Tensor) and x.layout == torch.strided and x.is_floating_point() and x.numel() > 0:
             if best is None or v.input.numel() > best.input.numel():
                 best = v
     return best
@@ -300,13 +304,10 @@ def _laid_out(t, layout):
 
 
 def layout_variants(variants):
-    import torch
-
     out = []
     for v in variants:
         for layout in LAYOUTS:
-            laid = _map_tensors(v, lambda t: _laid_out(t, layout) if t.layout == torch.strided else None,
-                                f"{v.label}, {layout}")
+            laid = _map_tensors(v, lambda t: _laid_out(t, layout), f"{v.label}, {layout}")
             if laid is not None:
                 out.append(laid)
     return out
