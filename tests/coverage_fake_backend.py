@@ -16,6 +16,7 @@ chosen with $COVERAGE_FAKE_BUGS (comma-separated; unset: sub_fallback,neg_wrong,
     strided_inputs      strided inputs are read as if they were contiguous
     contiguous_outputs  results are always contiguous
     flush_subnormals    subnormal inputs are read as zeros
+    abort_in_backward   the process aborts on an op run with grad mode off (a backward pass)
 
 Like the real backend, set_validate(True) checks each "kernel" (an op with a value bug: not the
 random ops, not raising) against native on its first run, disables it for the rest of the
@@ -84,6 +85,8 @@ class TorchMLIRTensor(torch.Tensor):
         kwargs = kwargs or {}
         name = func.overloadpacket.__name__
         full = str(func)
+        if "abort_in_backward" in BUGS and not torch.is_grad_enabled():
+            os.abort()
         if "exp_raises" in BUGS and name in ("exp", "exp_"):
             raise RuntimeError("fake backend: exp is broken\nsecond line")
         uw_args, uw_kwargs = tree_map(lambda t: t.inner if isinstance(t, TorchMLIRTensor) else t, (args, kwargs))

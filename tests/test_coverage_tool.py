@@ -190,6 +190,15 @@ def test_crash_and_timeout_are_isolated(fake_backend, tmp_path):
     assert by["neg"]["class"] == "mismatch"
 
 
+def test_entry_whose_checks_crash_keeps_its_values_class(fake_backend, tmp_path):
+    env = dict(os.environ, COVERAGE_FAKE_BUGS="abort_in_backward")
+    res = coverage.run_isolated(_entries("mul"), {"max_samples": 1, "op_budget": 30, "checks": ["gradient"]}, jobs=1,
+                                op_timeout=60, log_dir=str(tmp_path), env=env)
+    assert res[0]["class"] == "compiled"
+    gradient = res[0]["columns"]["gradient"]
+    assert gradient["state"] == "error" and gradient["detail"].startswith("crashed: signal 6")
+
+
 def test_baseline_comparison():
     base = {"a": "compiled", "b": "partial", "c": "fallback", "d": "error", "e": "compiled"}
     results = [{"id": k, "dtype": "float32", "class": c} for k, c in

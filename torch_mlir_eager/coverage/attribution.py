@@ -9,8 +9,13 @@ validation finds nothing (a wrong dtype, a missing error, a random op, a host fa
 
 from __future__ import annotations
 
+import re
+
 from .backend import dispatch_recorder, load_backend, supports_validation, validation
 from .compare import first_line
+
+# Validation compares the uninitialised memory these return and disables them: never culprits.
+UNINITIALISED_ATEN_RE = re.compile(r"^aten\.(new_)?empty(_like|_strided|_permuted)?\.")
 
 
 def attribute(recheck) -> dict:
@@ -27,11 +32,14 @@ def attribute(recheck) -> dict:
     except Exception as e:  # the rerun raised: keep what was recorded
         return {"culprits": [], "dispatched": sorted(recorder.ops),
                 "note": f"the rerun in validation mode raised {type(e).__name__}: {first_line(e)}"}
-    culprits = [
-        {"op": name, "reason": str(fb.get("reason", "")), "dtypes": sorted(recorder.ops.get(name, ()))}
-        for name, fb in sorted((st.get("fallbacks") or {}).items()) if fb.get("step") == "validate"
-    ]
+    disabled = sorted(name for name, fb in (st.get("fallbacks") or {}).items() if fb.get("step") == "validate")
+    culprits = [{"op": name, "reason": str(st["fallbacks"][name].get("reason", "")),
+                 "dtypes": sorted(recorder.ops.get(name, ()))}
+                for name in disabled if not UNINITIALISED_ATEN_RE.match(name)]
     out = {"culprits": culprits, "resolved": problem is None, "dispatched": sorted(recorder.ops)}
-    if problem is None and not culprits:
+    ignored = [name for name in disabled if UNINITIALISED_ATEN_RE.match(name)]
+    if ignored:
+        out["note"] = f"validation also disabled {', '.join(ignored)} (uninitialised memory: not a culprit)"
+    elif problem is None and not culprits:
         out["note"] = "agrees in validation mode without a kernel disabled (validation runs native first)"
     return out

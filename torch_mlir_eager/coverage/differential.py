@@ -31,9 +31,10 @@ def inputs_at(variant, shape, index):
     return "(" + ", ".join(f"{v:.6g}" if isinstance(v, float) else repr(v) for v in vals) + ")" if vals else None
 
 
-def run_forward(fn, variant, inplace=False, pointwise=False):
+def run_forward(fn, variant, inplace=False, pointwise=False, uninitialised=False):
     """Run `variant` natively and on the backend; compare outputs and inputs after the call
-    (values only when native repeats itself under the same seed and is not random)."""
+    (values only when native repeats itself under the same seed and is not random, and the op
+    does not return uninitialised memory)."""
     be = load_backend()
     if inplace and variant.broadcasts_input:
         return {"outcome": "native_error", "note": "in-place sample broadcasts its input"}
@@ -44,7 +45,7 @@ def run_forward(fn, variant, inplace=False, pointwise=False):
     except Exception as e:
         return native_failure(e)
     ref, ref_inputs, behaviour = native.outputs, native.inputs, native.behaviour
-    values = behaviour == "deterministic"
+    values = behaviour == "deterministic" and not uninitialised
     on_backend = variant._replace(kwargs=on_device(variant.kwargs, device_type()))
 
     def device_half(around_call=contextlib.nullcontext):
@@ -83,7 +84,9 @@ def run_forward(fn, variant, inplace=False, pointwise=False):
     res["seconds"] = time.perf_counter() - t0
     if leaked and tensor_leaves(variant.tree()):
         res["note"] = f"{leaked} output tensor(s) not on the device"
-    if behaviour == "random":
+    if uninitialised:
+        res["note"] = "values not compared (uninitialised memory)"
+    elif behaviour == "random":
         res["note"] = "values not compared (random: see the random column)"
     elif behaviour == "unreproducible":
         res["note"] = "values not compared (native does not repeat itself)"

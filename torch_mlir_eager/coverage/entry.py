@@ -42,6 +42,8 @@ GRADIENT_SAMPLES = 2  # each needs backward kernels compiled: the first two samp
 # Ops named like random ops get this many samples looked at for seed-dependent ones (dropout's
 # first samples have p=0); whether a sample is random is decided by running it natively.
 RANDOM_SCAN = 10
+# Ops returning uninitialised memory: compared on dtype and shape only (native may repeat its garbage).
+UNINITIALISED_RE = re.compile(r"^(new_)?empty(_like|_strided|_permuted)?$")
 RANDOM_NAME_RE = re.compile(
     r"(^|\.|_)(rand|randn|randint|normal|uniform|bernoulli|multinomial|dropout|exponential|geometric|cauchy"
     r"|log_normal|rrelu|alpha_dropout|feature_alpha_dropout)(_like)?(_|\.|$)")
@@ -113,10 +115,12 @@ def _load_samples(op, dtype, n):
     return first, more
 
 
-def _column_cases(column, op, fn, entry, variants, dtype, random_variants, max_samples):
+def _column_cases(column, op, fn, entry, variants, dtype, random_variants, max_samples, uninitialised):
     """[(label, thunk)] for one extra column, or a reason it does not apply."""
     inplace = entry["inplace"]
     if column == "random":
+        if uninitialised:
+            return "uninitialised memory: dtype and shape only"
         if not random_variants:
             return "no sample depends on the seed"
         return [(v.label, lambda v=v: run_random(fn, v)) for v in random_variants[:max_samples]]
@@ -138,7 +142,7 @@ def _column_cases(column, op, fn, entry, variants, dtype, random_variants, max_s
         made = sample_variants.layout_variants(_largest(variants, LAYOUT_SAMPLES))
     else:
         made = sample_variants.negative_dim_variants(op, variants, _same_native_result(fn))
-    return [(v.label, lambda v=v: run_forward(fn, v, inplace, pointwise)) for v in made]
+    return [(v.label, lambda v=v: run_forward(fn, v, inplace, pointwise, uninitialised)) for v in made]
 
 
 def run_entry(entry, max_samples=DEFAULT_MAX_SAMPLES, op_budget=DEFAULT_OP_BUDGET, checks=()):
@@ -166,7 +170,8 @@ def run_entry(entry, max_samples=DEFAULT_MAX_SAMPLES, op_budget=DEFAULT_OP_BUDGE
     values_variants = variants[:max_samples]
     pointwise = sample_variants.is_pointwise(op)
     values = ColumnTally("values")
-    ran = _run_cases(values, budget, [(v.label, lambda v=v: run_forward(fn, v, entry["inplace"], pointwise))
+    uninitialised = bool(UNINITIALISED_RE.search(op.name))
+    ran = _run_cases(values, budget, [(v.label, lambda v=v: run_forward(fn, v, entry["inplace"], pointwise, uninitialised))
                                       for v in values_variants])
     random_variants = [v for v, r in zip(values_variants, ran) if r.get("native") == "random"]
     for v in variants[max_samples:]:
@@ -181,7 +186,8 @@ def run_entry(entry, max_samples=DEFAULT_MAX_SAMPLES, op_budget=DEFAULT_OP_BUDGE
     for column in (c for c in EXTRA_CHECKS if c in checks):
         tally = tallies[column] = ColumnTally(column)
         try:
-            cases = _column_cases(column, op, fn, entry, values_variants, dtype, random_variants, max_samples)
+            cases = _column_cases(column, op, fn, entry, values_variants, dtype, random_variants, max_samples,
+                                  uninitialised)
         except Exception as e:
             cases = [("making the cases", lambda e=e: {"outcome": "error", "error": error_info(e, "coverage tool: ")})]
         if isinstance(cases, str):
@@ -200,6 +206,18 @@ def run_entry(entry, max_samples=DEFAULT_MAX_SAMPLES, op_budget=DEFAULT_OP_BUDGE
     if budget.cut:
         result["more_samples"] = True
     result["seconds"] = round(time.perf_counter() - budget.t0, 3)
+    return result
+
+
+def with_checks_crashed(result, checks, why):
+    """An entry's result from a run of the values column alone, after the run with `checks` crashed
+    or hung its worker (`why`): each check is an `error` with that reason."""
+    result["columns"] = dict(result.get("columns") or {})
+    for column in checks:
+        tally = ColumnTally(column)
+        tally.crash = f"{why} (with the checks {', '.join(checks)}; the values column was run again alone)"
+        result["columns"][column] = tally.summary()
+    result["notes"] = result.get("notes", []) + [f"the checks {why}"]
     return result
 
 

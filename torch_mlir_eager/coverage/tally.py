@@ -37,6 +37,7 @@ class ColumnTally:
         self.mismatches = 0
         self.minor = {}  # a MINOR_KINDS kind -> {case, detail}
         self.not_applicable = None  # why the column does not apply
+        self.crash = None  # how the column's cases crashed or hung the worker
 
     def note(self, text):
         if len(self.notes) < MAX_NOTES and text not in self.notes:
@@ -81,6 +82,8 @@ class ColumnTally:
                 self.worst = {"case": label, "message": r["mismatch"], "max_abs_err": err, "recheck": r.get("recheck")}
 
     def klass(self) -> str:
+        if self.crash:
+            return "error"
         if self.cases == 0:
             return "skipped"
         if self.outcomes["error"]:
@@ -99,6 +102,8 @@ class ColumnTally:
 
     def detail(self) -> str:
         k = self.klass()
+        if self.crash:
+            return self.crash
         if k == "skipped":
             if self.not_applicable:
                 text = self.not_applicable

@@ -24,7 +24,7 @@ import warnings
 
 from .backend import load_backend
 from .compare import first_line
-from .entry import DEFAULT_MAX_SAMPLES, DEFAULT_OP_BUDGET, error_result, run_entry
+from .entry import DEFAULT_MAX_SAMPLES, DEFAULT_OP_BUDGET, error_result, run_entry, with_checks_crashed
 from .progress import Progress
 from .selection import load_op_db
 
@@ -50,11 +50,16 @@ def json_safe(obj):
 
 
 def _run(entry, opts):
+    """An entry's result; an entry marked `checks_crashed` (its run with the checks crashed or hung a
+    worker) runs the values column alone."""
+    checks = tuple(opts.get("checks", ()))
+    crashed = entry.get("checks_crashed")
     try:
-        return run_entry(entry, opts.get("max_samples", DEFAULT_MAX_SAMPLES), opts.get("op_budget", DEFAULT_OP_BUDGET),
-                         tuple(opts.get("checks", ())))
+        res = run_entry(entry, opts.get("max_samples", DEFAULT_MAX_SAMPLES), opts.get("op_budget", DEFAULT_OP_BUDGET),
+                        () if crashed else checks)
     except Exception as e:  # noqa: BLE001
         return error_result(entry, f"coverage tool: {first_line(e)}", type(e).__name__)
+    return with_checks_crashed(res, checks, crashed) if crashed else res
 
 
 def worker_main():
@@ -163,8 +168,11 @@ def _signal_name(n):
 
 def run_isolated(entries, opts, jobs=2, op_timeout=DEFAULT_OP_TIMEOUT, log_dir=DEFAULT_OUT_DIR,
                  env=None, progress=None, ops_per_worker=0, on_result=None, startup_timeout=300.0):
-    """Run entries in `jobs` worker processes fed one entry at a time. Returns results in order."""
+    """Run entries in `jobs` worker processes fed one entry at a time. Returns results in order.
+    An entry that crashes or hangs its worker with checks on runs once more with the values
+    column alone, so that its class is still measured."""
     env = dict(os.environ if env is None else env)
+    entries = list(entries)
     os.makedirs(log_dir, exist_ok=True)
     pending = collections.deque(range(len(entries)))
     results = [None] * len(entries)
@@ -177,6 +185,16 @@ def run_isolated(entries, opts, jobs=2, op_timeout=DEFAULT_OP_TIMEOUT, log_dir=D
         results[idx] = res
         if on_result:
             on_result(res)
+
+    def failed(w, message, etype):
+        """The entry of `w` crashed or hung its worker."""
+        if opts.get("checks") and not w.entry.get("checks_crashed"):
+            entries[w.idx] = dict(w.entry, checks_crashed=message)
+            pending.appendleft(w.idx)
+            progress.running.pop(w.slot, None)
+            return
+        record(w.idx, error_result(w.entry, message, etype))
+        progress.finish(w.slot, "error")
 
     def spawn(slot):
         workers[slot] = _Worker(slot, opts, env, os.path.join(log_dir, f"worker-{slot}.log"), events)
@@ -214,8 +232,7 @@ def run_isolated(entries, opts, jobs=2, op_timeout=DEFAULT_OP_TIMEOUT, log_dir=D
                     if w.entry is not None:
                         why = (f"crashed: signal {-rc} ({_signal_name(-rc)})" if rc is not None and rc < 0
                                else f"crashed: worker exited with status {rc}")
-                        record(w.idx, error_result(w.entry, why))
-                        progress.finish(w.slot, "error")
+                        failed(w, why, "Crash")
                         startup_failures = 0
                     elif not w.ready:
                         startup_failures += 1
@@ -244,8 +261,7 @@ def run_isolated(entries, opts, jobs=2, op_timeout=DEFAULT_OP_TIMEOUT, log_dir=D
                 if w.entry is not None and now - w.started > op_timeout:
                     w.kill()
                     workers.pop(slot, None)
-                    record(w.idx, error_result(w.entry, f"timeout: no result after {op_timeout:g} s", "Timeout"))
-                    progress.finish(slot, "error")
+                    failed(w, f"timeout: no result after {op_timeout:g} s", "Timeout")
                     if pending:
                         spawn(slot)
                 elif not w.ready and now - w.started > startup_timeout:
