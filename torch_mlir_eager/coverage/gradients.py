@@ -33,6 +33,11 @@ def _device_leaf(t):
     return x.requires_grad_() if _differentiable(t) else x
 
 
+def _device_weight(w, out):
+    """The weight of an output, on the device when the output is (an op like `to` returns CPU tensors)."""
+    return to_device(w) if isinstance(out, load_backend().TorchMLIRTensor) else w
+
+
 def _grads(fn, variant, inplace, place, place_weight):
     """(gradients as placed tensors, outputs it was taken of); None when nothing is differentiable."""
     import torch
@@ -54,7 +59,7 @@ def _grads(fn, variant, inplace, place, place_weight):
         if not outs:
             return None
         gen = torch.Generator().manual_seed(WEIGHT_SEED)
-        loss = sum((o * place_weight(torch.randn(o.shape, generator=gen, dtype=o.dtype))).sum() for o in outs)
+        loss = sum((o * place_weight(torch.randn(o.shape, generator=gen, dtype=o.dtype), o)).sum() for o in outs)
         grads = torch.autograd.grad(loss, leaves, allow_unused=True)
     return [g if g is not None else torch.zeros_like(x) for g, x in zip(grads, leaves)]
 
@@ -62,7 +67,7 @@ def _grads(fn, variant, inplace, place, place_weight):
 def run_gradient(fn, variant, inplace=False):
     be = load_backend()
     try:
-        expected = _grads(fn, variant, inplace, _leaf, lambda w: w)
+        expected = _grads(fn, variant, inplace, _leaf, lambda w, out: w)
     except Exception as e:
         return native_failure(e)
     if expected is None:
@@ -72,7 +77,7 @@ def run_gradient(fn, variant, inplace=False):
     def device_half(around_call=contextlib.nullcontext):
         be.reset_stats()
         with around_call():
-            grads = _grads(fn, variant, inplace, _device_leaf, to_device)
+            grads = _grads(fn, variant, inplace, _device_leaf, _device_weight)
         st = be.stats()
         return to_host([g.detach() for g in grads])[0], st
 
