@@ -91,6 +91,8 @@ def to_device(x):
 
     if x.layout != torch.strided:
         raise Unwrappable(f"{x.layout} input")
+    if x.device.type != "cpu":
+        raise Unwrappable(f"input on {x.device.type}")
     return load_backend().TorchMLIRTensor(x)
 
 
