@@ -20,6 +20,7 @@ import itertools
 import re
 import time
 import warnings
+from typing import NamedTuple
 
 from . import samples as sample_variants
 from .attribution import attribute
@@ -115,34 +116,62 @@ def _load_samples(op, dtype, n):
     return first, more
 
 
-def _column_cases(column, op, fn, entry, variants, dtype, random_variants, max_samples, uninitialised):
+class _Subject(NamedTuple):
+    """What every column of one entry runs on."""
+    op: object  # the OpInfo
+    fn: object  # its function, or its in-place variant
+    inplace: bool
+    dtype: object
+    variants: list  # the values column's samples
+    random_variants: list  # samples whose native result depends on the seed
+    max_samples: int
+    pointwise: bool
+    uninitialised: bool  # the op returns uninitialised memory
+
+
+def _column_cases(column, x: _Subject):
     """[(label, thunk)] for one extra column, or a reason it does not apply."""
-    inplace = entry["inplace"]
     if column == "random":
-        if uninitialised:
+        if x.uninitialised:
             return "uninitialised memory: dtype and shape only"
-        if not random_variants:
+        if not x.random_variants:
             return "no sample depends on the seed"
-        return [(v.label, lambda v=v: run_random(fn, v)) for v in random_variants[:max_samples]]
+        return [(v.label, lambda v=v: run_random(x.fn, v)) for v in x.random_variants[:x.max_samples]]
     if column == "error_inputs":
-        if inplace or op.error_inputs_func is None:
-            return "OpInfo has no error inputs for it" if not inplace else "checked on the functional variant"
-        cases = error_variants(op, ERROR_INPUTS_PER_OP)
-        return [(v.label, lambda v=v, rx=rx: run_error_input(fn, v, rx)) for v, rx in cases]
-    if random_variants:
+        if x.inplace:
+            return "checked on the functional variant"
+        if x.op.error_inputs_func is None:
+            return "OpInfo has no error inputs for it"
+        return [(v.label, lambda v=v, rx=rx: run_error_input(x.fn, v, rx))
+                for v, rx in error_variants(x.op, ERROR_INPUTS_PER_OP)]
+    if x.random_variants:
         return "random op: see the random column"
     if column == "gradient":
-        if not op.supports_autograd or not dtype.is_floating_point:
+        if not x.op.supports_autograd or not x.dtype.is_floating_point:
             return "no autograd support for this dtype"
-        return [(v.label, lambda v=v: run_gradient(fn, v, inplace)) for v in variants[:GRADIENT_SAMPLES]]
-    pointwise = sample_variants.is_pointwise(op)
+        return [(v.label, lambda v=v: run_gradient(x.fn, v, x.inplace)) for v in x.variants[:GRADIENT_SAMPLES]]
     if column == "extremal":
-        made = sample_variants.extremal_variants(op, variants, dtype, inplace)
+        made = sample_variants.extremal_variants(x.op, x.variants, x.dtype, x.inplace)
     elif column == "layout":
-        made = sample_variants.layout_variants(_largest(variants, LAYOUT_SAMPLES))
+        made = sample_variants.layout_variants(_largest(x.variants, LAYOUT_SAMPLES))
     else:
-        made = sample_variants.negative_dim_variants(op, variants, _same_native_result(fn))
-    return [(v.label, lambda v=v: run_forward(fn, v, inplace, pointwise, uninitialised)) for v in made]
+        made = sample_variants.negative_dim_variants(x.op, x.variants, _same_native_result(x.fn))
+    return [(v.label, lambda v=v: run_forward(x.fn, v, x.inplace, x.pointwise, x.uninitialised)) for v in made]
+
+
+def _random_variants(fn, values_variants, values_results, more_variants, n):
+    """Up to n samples whose native result depends on the seed: among those the values column ran,
+    then among the further ones (looked at natively only)."""
+    found = [v for v, r in zip(values_variants, values_results) if r.get("native") == "random"]
+    for v in more_variants:
+        if len(found) >= n:
+            break
+        try:
+            if native_behaviour(fn, v).behaviour == "random":
+                found.append(v)
+        except Exception:
+            continue
+    return found
 
 
 def run_entry(entry, max_samples=DEFAULT_MAX_SAMPLES, op_budget=DEFAULT_OP_BUDGET, checks=()):
@@ -165,29 +194,20 @@ def run_entry(entry, max_samples=DEFAULT_MAX_SAMPLES, op_budget=DEFAULT_OP_BUDGE
         result["columns"] = {"values": values.summary()}
         return result
     variants = sample_variants.from_samples(loaded)
-    if len(variants) > max_samples:
-        result["more_samples"] = True
-    values_variants = variants[:max_samples]
+    result["more_samples"] = result["more_samples"] or len(variants) > max_samples
     pointwise = sample_variants.is_pointwise(op)
-    values = ColumnTally("values")
     uninitialised = bool(UNINITIALISED_RE.search(op.name))
+    values = ColumnTally("values")
     ran = _run_cases(values, budget, [(v.label, lambda v=v: run_forward(fn, v, entry["inplace"], pointwise, uninitialised))
-                                      for v in values_variants])
-    random_variants = [v for v, r in zip(values_variants, ran) if r.get("native") == "random"]
-    for v in variants[max_samples:]:
-        if len(random_variants) >= max_samples:
-            break
-        try:
-            if native_behaviour(fn, v).behaviour == "random":
-                random_variants.append(v)
-        except Exception:
-            continue
+                                      for v in variants[:max_samples]])
+    subject = _Subject(op, fn, entry["inplace"], dtype, variants[:max_samples],
+                       _random_variants(fn, variants[:max_samples], ran, variants[max_samples:], max_samples),
+                       max_samples, pointwise, uninitialised)
     tallies = {"values": values}
     for column in (c for c in EXTRA_CHECKS if c in checks):
         tally = tallies[column] = ColumnTally(column)
         try:
-            cases = _column_cases(column, op, fn, entry, values_variants, dtype, random_variants, max_samples,
-                                  uninitialised)
+            cases = _column_cases(column, subject)
         except Exception as e:
             cases = [("making the cases", lambda e=e: {"outcome": "error", "error": error_info(e, "coverage tool: ")})]
         if isinstance(cases, str):

@@ -48,6 +48,11 @@ class Progress:
         self.running[slot] = name
         self.update()
 
+    def requeue(self, slot):
+        """The entry running in `slot` goes back to the queue (it runs again later)."""
+        self.running.pop(slot, None)
+        self.update()
+
     def finish(self, slot, cls):
         self.running.pop(slot, None)
         self.done += 1

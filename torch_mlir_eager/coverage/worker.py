@@ -191,7 +191,7 @@ def run_isolated(entries, opts, jobs=2, op_timeout=DEFAULT_OP_TIMEOUT, log_dir=D
         if opts.get("checks") and not w.entry.get("checks_crashed"):
             entries[w.idx] = dict(w.entry, checks_crashed=message)
             pending.appendleft(w.idx)
-            progress.running.pop(w.slot, None)
+            progress.requeue(w.slot)
             return
         record(w.idx, error_result(w.entry, message, etype))
         progress.finish(w.slot, "error")
