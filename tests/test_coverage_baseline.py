@@ -41,7 +41,7 @@ def results(tmp_path_factory):
     entries, _ = coverage.select_entries(names=names, dtypes=dtypes)
     opts = {"max_samples": _BASE.get("max_samples", 2), "op_budget": 30.0}
     if os.environ.get("TORCH_MLIR_EAGER_COVERAGE_INPROCESS", "") in ("1", "true", "yes"):
-        coverage.backend()  # imports the backend and turns off background compiles
+        coverage.load_backend()  # imports the backend and turns off background compiles
         res = coverage.run_inprocess(entries, opts)
     else:
         env = dict(os.environ, TORCH_MLIR_EAGER_ASYNC_COMPILE="0")
