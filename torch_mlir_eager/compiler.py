@@ -24,7 +24,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._pytree import tree_flatten
 
-from . import layout, lowering
+from . import argument_checks, layout, lowering
 from .device import COMPILED_DTYPES
 from .ops import FUNCTIONAL_REWRITES, MUTATION, OpKind, classify
 from .recipe import (
@@ -64,6 +64,7 @@ def plan_outputs(recipe: Recipe, kind, scalars) -> OutputPlan:
     with FakeTensorMode():
         fakes = [torch.empty_strided(s.shape, s.stride, dtype=s.dtype) for s in recipe.specs]
         args, kwargs = fill(recipe.template, fakes, scalars)
+        argument_checks.check(recipe.func, kind, args, kwargs)
         results, written = functional_call(recipe.func, kind, args, kwargs)
     leaves, tree = tree_flatten(results)
 
@@ -93,7 +94,7 @@ def plan_outputs(recipe: Recipe, kind, scalars) -> OutputPlan:
                 write_shapes.append(tuple(target.shape))
     specs = recipe.specs
     return OutputPlan(
-        plan_leaves, tree, out_specs, writes,
+        plan_leaves, tree, out_specs, writes, write_shapes,
         live_inputs=[i for i, s in enumerate(specs) if s.numel > 0],
         live_outputs=[i for i, s in enumerate(out_specs) if s.numel > 0],
         live_writes=[slot for slot, shape in zip(writes, write_shapes) if math.prod(shape) > 0],

@@ -152,11 +152,11 @@ def run_kernel(kernel: Kernel, call: OpCall):
         TorchMLIRTensor._from_buffer(device, spec.dtype, next(outs) if spec.numel else None, spec.shape, spec.stride)
         for spec in plan.out_specs
     ]
-    for slot, shape in zip(plan.live_writes, plan.live_write_shapes):
-        dst = tensors[slot]
-        if dst._spec[1] != shape:  # out= tensors are resized to the result, as PyTorch does
-            dst._resize(shape)
-        write(dst, next(outs))
+    for slot, shape in zip(plan.writes, plan.write_shapes):
+        if tensors[slot]._spec[1] != shape:  # out= tensors are resized to the result, as PyTorch does
+            tensors[slot]._resize(shape)
+    for slot in plan.live_writes:
+        write(tensors[slot], next(outs))
     if plan.single_fresh:  # the common case: one fresh tensor
         return fresh[0]
     leaves = [

@@ -112,6 +112,7 @@ class OutputPlan:
     tree: object  # pytree spec of the op's return value
     out_specs: list  # OutputSpec of each fresh result
     writes: list = field(default_factory=list)  # slot of each written input
+    write_shapes: list = field(default_factory=list)  # the shape each has after the op (out= may resize)
     live_inputs: list = field(default_factory=list)  # inputs passed to the kernel (not zero-size)
     live_outputs: list = field(default_factory=list)  # fresh results the kernel returns (not zero-size)
     live_writes: list = field(default_factory=list)  # writes the kernel returns, after live_outputs

@@ -419,7 +419,15 @@ def write_host_values(dst: TorchMLIRTensor, value: torch.Tensor):
     storage.replace(storage.device.upload(flat))
 
 
+def _efficientzerotensor_iree(size, dtype=None, layout=None, device=None, pin_memory=None):
+    """A zero tensor (autograd makes these for gradients known to be zero, e.g. sgn's)."""
+    t = _empty_iree(size, dtype)
+    write_host_values(t, torch.zeros((), dtype=t.dtype))
+    return t
+
+
 _factory_lib = torch.library.Library("aten", "IMPL")
 _factory_lib.impl("_copy_from", _copy_from_iree, "PrivateUse1")
 _factory_lib.impl("empty.memory_format", _empty_iree, "PrivateUse1")
 _factory_lib.impl("empty_strided", _empty_strided_iree, "PrivateUse1")
+_factory_lib.impl("_efficientzerotensor", _efficientzerotensor_iree, "PrivateUse1")

@@ -39,6 +39,9 @@ DEFAULT_MAX_SAMPLES = 3
 DEFAULT_OP_BUDGET = 30.0
 ERROR_INPUTS_PER_OP = 6
 LAYOUT_SAMPLES = 1  # the largest sample among the first --max-samples gets the layout variants
+# Ops whose result depends on the storage beneath a view, not only on its values: on a non-dense
+# input they differ between the CPU and any device by design (`.to(device)` makes a new storage).
+STORAGE_READERS = {"as_strided", "as_strided_copy", "as_strided_scatter"}
 GRADIENT_SAMPLES = 2  # each needs backward kernels compiled: the first two samples
 # Ops named like random ops get this many samples looked at for seed-dependent ones (dropout's
 # first samples have p=0); whether a sample is random is decided by running it natively.
@@ -153,6 +156,8 @@ def _column_cases(column, x: _Subject):
     if column == "extremal":
         made = sample_variants.extremal_variants(x.op, x.variants, x.dtype, x.inplace)
     elif column == "layout":
+        if x.op.name.split(".")[0] in STORAGE_READERS:
+            return "reads the storage itself: a non-dense tensor moved to any device gets another storage"
         made = sample_variants.layout_variants(_largest(x.variants, LAYOUT_SAMPLES))
     else:
         made = sample_variants.negative_dim_variants(x.op, x.variants, _same_native_result(x.fn))

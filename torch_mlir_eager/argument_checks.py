@@ -1,0 +1,68 @@
+"""Argument checks that PyTorch's CPU kernels make and its fake (meta) kernels do not.
+
+A kernel's plan comes from fake tensors, so an argument the CPU kernel rejects but the meta
+kernel accepts would be compiled and return a value where PyTorch raises. The compile step runs
+these checks on the plan's fake arguments (once per key): a failed check is a build failure, and
+the call runs natively, which raises PyTorch's own error. Found by the differential sweep's
+error-input column.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _complex(bound):
+    real, imag = bound["real"], bound["imag"]
+    if real.dtype != imag.dtype:
+        raise RuntimeError(f"complex: real and imag have dtypes {real.dtype} and {imag.dtype}")
+
+
+def _aminmax_out(bound):
+    for name in ("min", "max"):
+        out = bound.get(name)
+        if out is not None and out.dtype != bound["self"].dtype:
+            raise RuntimeError(f"aminmax: out tensor {name} has dtype {out.dtype}, not {bound['self'].dtype}")
+
+
+def _narrow_copy(bound):
+    rank = max(bound["self"].dim(), 1)
+    if not -rank <= bound["dim"] < rank:
+        raise IndexError(f"narrow_copy: dim {bound['dim']} out of range for rank {rank}")
+
+
+def _index_add(bound):
+    this, source, index, dim = bound["self"], bound["source"], bound["index"], bound["dim"]
+    if index.dim() > 1:
+        raise IndexError("index_add: index must be a vector")
+    if this.dim() != source.dim() and not (this.dim() <= 1 and source.dim() <= 1):
+        raise RuntimeError("index_add: source and self must have the same number of dims")
+    d = dim % max(this.dim(), 1)
+    for i in range(source.dim()):
+        if i != d and source.shape[i] != this.shape[i]:
+            raise RuntimeError("index_add: source tensor shape must match self tensor shape, excluding the specified dimension")
+    if source.dim() and index.numel() != source.shape[d]:
+        raise RuntimeError("index_add: number of indices must equal source.size(dim)")
+
+
+# op base name (in-place and out= variants share it) -> check(bound arguments by name)
+CHECKS = {
+    "complex": _complex,
+    "aminmax": _aminmax_out,
+    "narrow_copy": _narrow_copy,
+    "index_add": _index_add,
+}
+
+
+def check(func, kind, args, kwargs):
+    """Raise what PyTorch's CPU kernel would raise for these (fake) arguments, where known."""
+    if not isinstance(func, torch._ops.OpOverload) or kind is None:
+        return
+    base = func._schema.name.split("::")[-1]
+    if base.endswith("_") and not base.startswith("__"):
+        base = base[:-1]
+    fn = CHECKS.get(base)
+    if fn is not None:
+        bound = dict(zip(kind.arg_names, args))
+        bound.update(kwargs)
+        fn(bound)
