@@ -592,3 +592,52 @@ def test_the_index_key_hashes_every_module_of_the_package(tmp_path):
         path.write_bytes(original + b"\n")
         assert kernel_index.source_digest(str(copy)) != before, name
         path.write_bytes(original)
+
+
+# ---- found by the differential sweep ------------------------------------------------------------
+ERROR_INPUTS = {
+    "complex_dtypes": lambda: (torch.complex, [torch.randn(2), torch.randn(2, dtype=torch.float64)]),
+    "narrow_copy_dim": lambda: (lambda x: torch.narrow_copy(x, -4, 0, 1), [torch.randn(2, 3, 4)]),
+    "index_add_source_shape": lambda: (lambda x, i, s: torch.index_add(x, 0, i, s),
+                                       [torch.randn(3, 2), torch.tensor([0]), torch.randn(2)]),
+    "aminmax_out_dtype": lambda: (lambda x, a, b: torch.aminmax(x, out=(a, b)),
+                                  [torch.randn(4), torch.empty((), dtype=torch.float64), torch.empty((), dtype=torch.float64)]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ERROR_INPUTS))
+def test_arguments_pytorch_rejects_are_rejected(name):
+    fn, inputs = ERROR_INPUTS[name]()
+    with pytest.raises(Exception) as native:
+        fn(*[x.clone() for x in inputs])
+    with pytest.raises(type(native.value)):
+        fn(*[dev(x) for x in inputs])
+
+
+def test_zero_size_results_resize_out_tensors(stats):
+    for n, m in ((0, 0), (0, 3), (2, 0)):
+        got = torch.eye(n, m, device="iree")
+        assert got.shape == torch.eye(n, m).shape
+    out = dev(torch.empty(5))
+    assert torch.add(dev(torch.randn(0, 3)), 1, out=out) is out and out.shape == (0, 3)
+
+
+def test_gradients_autograd_makes_zero_tensors_for(stats):
+    x = torch.randn(6)
+    a = x.clone().requires_grad_()
+    (want,) = torch.autograd.grad(torch.sgn(a).sum(), [a])
+    b = dev(x).requires_grad_()
+    (got,) = torch.autograd.grad(torch.sgn(b).sum(), [b])
+    same(got, want)
+
+
+def test_validation_does_not_compare_uninitialised_memory(stats):
+    torch_mlir_eager.set_validate(True)
+    try:
+        x = dev(torch.randn(3, 7))
+        for _ in range(2):
+            e = torch.empty_like(x)
+            assert e.shape == (3, 7) and e.dtype == x.dtype
+    finally:
+        torch_mlir_eager.set_validate(False)
+    assert stats()["validation_mismatches"] == 0

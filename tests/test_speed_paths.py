@@ -1,0 +1,129 @@
+"""Paths added for speed, each compared with native PyTorch: the hybrid CPU device, eager
+decompositions of ops with no lowering (the fused transformer ops among them), and composite
+ops that reach dispatch from inside it."""
+
+import copy
+
+import pytest
+import torch
+
+import torch_mlir_eager
+from torch_mlir_eager import TorchMLIRTensor
+from torch_mlir_eager.kernel import Kernel
+from torch_mlir_eager.kernel_cache import CACHE
+
+
+def dev(x, device=None):
+    return TorchMLIRTensor(x, device=device)
+
+
+# ---- the hybrid CPU device ----------------------------------------------------------------------
+def _kernel_for(name):
+    return next(e for k, e in reversed(CACHE.entries()) if isinstance(e, Kernel) and e.name == name)
+
+
+def test_hybrid_places_small_kernels_inline_and_large_ones_on_the_thread_pool(stats):
+    device = torch_mlir_eager.get_device("hybrid")
+    small, large = torch.randn(17), torch.randn(1, 64, 56, 56)
+    w = torch.randn(64, 64, 3, 3)
+    torch.testing.assert_close(torch.sin(dev(small, "hybrid"))._host(), torch.sin(small))
+    got = torch.nn.functional.conv2d(dev(large, "hybrid"), dev(w, "hybrid"), padding=1)
+    torch.testing.assert_close(got._host(), torch.nn.functional.conv2d(large, w, padding=1), atol=1e-3, rtol=1e-4)
+    assert _kernel_for("aten.sin.default").hal is device.inline
+    assert _kernel_for("aten.convolution.default").hal is device.hal
+    # a buffer one of them wrote feeds the other: one storage model, no copies
+    mixed = torch.nn.functional.conv2d(torch.sin(dev(large, "hybrid")), dev(w, "hybrid"), padding=1).relu()
+    torch.testing.assert_close(mixed._host(), torch.nn.functional.conv2d(torch.sin(large), w, padding=1).relu(),
+                               atol=1e-3, rtol=1e-4)
+    assert stats()["fallback_calls"] == 0
+
+
+@pytest.mark.parametrize("driver", ["hybrid", "local-sync", "local-task"])
+def test_every_cpu_driver_gives_native_results(driver, stats):
+    a, b = torch.randn(9, 12), torch.randn(12, 5)
+    got = (dev(a, driver) @ dev(b, driver)).softmax(-1)
+    torch.testing.assert_close(got._host(), (a @ b).softmax(-1), atol=1e-5, rtol=1e-5)
+    assert got.iree_device.driver == driver and stats()["fallback_calls"] == 0
+
+
+def test_the_default_device_is_hybrid():
+    assert torch_mlir_eager.default_device() in ("hybrid",) or "TORCH_MLIR_EAGER_DEVICE" in __import__("os").environ
+
+
+# ---- eager decompositions -------------------------------------------------------------------------
+@pytest.mark.parametrize("norm_first", [False, True])
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_transformer_encoder_layer_fast_path_runs_compiled(norm_first, activation, masked, stats):
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(16, 4, 32, batch_first=True, norm_first=norm_first,
+                                             activation=activation).eval()
+    x = torch.randn(2, 6, 16)
+    mask = torch.zeros(2, 6, dtype=torch.bool)
+    mask[1, 4:] = True
+    dlayer = torch_mlir_eager.to_device(copy.deepcopy(layer))
+    with torch.no_grad():
+        want = layer(x, src_key_padding_mask=mask if masked else None)
+        torch_mlir_eager.reset_stats()
+        got = dlayer(dev(x), src_key_padding_mask=dev(mask) if masked else None)
+    torch.testing.assert_close(got._host(), want, atol=1e-5, rtol=1e-5)
+    s = stats()
+    assert s["decomposed"] == {"aten._transformer_encoder_layer_fwd.default": 1}, s["decomposed"]
+    assert s["fallback_calls"] == 0 and s["compiled_calls"] > 0, s["fallbacks"]
+
+
+@pytest.mark.parametrize("need_weights,average", [(True, True), (True, False), (False, True)])
+def test_multi_head_attention_fast_path_runs_compiled(need_weights, average, stats):
+    torch.manual_seed(0)
+    mha = torch.nn.MultiheadAttention(16, 4, batch_first=True).eval()
+    x = torch.randn(2, 5, 16)
+    mask = torch.zeros(2, 5, dtype=torch.bool)
+    mask[0, 3:] = True
+    dmha = torch_mlir_eager.to_device(copy.deepcopy(mha))
+    with torch.no_grad():
+        want = mha(x, x, x, key_padding_mask=mask, need_weights=need_weights, average_attn_weights=average)
+        torch_mlir_eager.reset_stats()
+        dx = dev(x)
+        got = dmha(dx, dx, dx, key_padding_mask=dev(mask), need_weights=need_weights, average_attn_weights=average)
+    torch.testing.assert_close(got[0]._host(), want[0], atol=1e-5, rtol=1e-5)
+    if need_weights:
+        torch.testing.assert_close(got[1]._host(), want[1], atol=1e-6, rtol=1e-5)
+    s = stats()
+    assert s["decomposed"] == {"aten._native_multi_head_attention.default": 1}, s["decomposed"]
+    assert s["fallback_calls"] == 0, s["fallbacks"]
+
+
+def test_an_op_without_a_lowering_runs_as_its_decomposition(monkeypatch, stats):
+    """An op whose build fails runs its PyTorch decomposition through dispatch, each part
+    compiled, rather than natively through host copies."""
+    from torch_mlir_eager import compile_service
+    from torch_mlir_eager.kernel_cache import Fallback
+
+    real = compile_service.build_entry
+
+    def no_lowering(recipe, scalars, device):
+        if recipe.name == "aten.addcmul.default":
+            return Fallback("lower", "forced for the test")
+        return real(recipe, scalars, device)
+
+    monkeypatch.setattr(compile_service, "build_entry", no_lowering)
+    a, b, c = torch.randn(4, 7), torch.randn(4, 7), torch.randn(4, 7)
+    got = torch.addcmul(dev(a), dev(b), dev(c), value=0.5)
+    torch.testing.assert_close(got._host(), torch.addcmul(a, b, c, value=0.5))
+    s = stats()
+    assert s["decomposed"] == {"aten.addcmul.default": 1} and s["fallback_calls"] == 0, s
+
+
+def test_composite_ops_that_copy_are_not_views(stats):
+    """reshape and contiguous reach dispatch when called from inside it (a decomposition does):
+    on a tensor they cannot view, they return a copy, not a view over the wrong elements."""
+    x = torch.randn(2, 3, 4)
+    d = dev(x).transpose(0, 2)
+    got = torch.ops.aten.reshape(d, (4, 6))
+    torch.testing.assert_close(got._host(), x.transpose(0, 2).reshape(4, 6))
+    assert got._storage_ref is not d._storage_ref
+    same_view = torch.ops.aten.reshape(dev(x), (6, 4))
+    torch.testing.assert_close(same_view._host(), x.reshape(6, 4))
+    c = torch.ops.aten.contiguous(d)
+    torch.testing.assert_close(c._host(), x.transpose(0, 2).contiguous())
+    assert stats()["fallback_calls"] == 0
