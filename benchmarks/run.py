@@ -16,6 +16,10 @@ Items:
   cold            first ResNet18 forward in a new process with the kernel cache off
   bounds          cached index_select and embedding with and without their index bounds
                   check, interleaved in one process
+  models          warm forwards against native, interleaved in one process: a pre-norm
+                  transformer block (hidden 128, 4 heads, sequence 64), nn.TransformerEncoderLayer
+                  (eval, no_grad: PyTorch's fused path), and, with the `bench` extra (HF
+                  transformers), tiny BERT, Llama, ViT and T5 built from configs (random weights)
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import torch  # noqa: E402
 
 import bench_util as bu  # noqa: E402
 
-ITEMS = ["overhead", "bounds", "rss", "resnet18", "kernel_quality", "cold"]
+ITEMS = ["overhead", "bounds", "models", "rss", "resnet18", "kernel_quality", "cold"]
 SLOW_ITEMS = {"kernel_quality", "cold"}
 
 
@@ -102,7 +106,7 @@ def bench_overhead(args, tme):
 def bench_bounds(args, tme):
     """What the bounds check costs a cached indexing op: the same call with the check and with
     it switched off, interleaved over many rounds (the machine's noise falls on both)."""
-    from torch_mlir_eager import TorchMLIRTensor, bounds
+    from torch_mlir_eager import TorchMLIRTensor, bounds, runners
 
     rounds = args.repeats or (10 if args.quick else 30)
     inner = 100 if args.quick else 300
@@ -116,18 +120,19 @@ def bench_bounds(args, tme):
         "embedding 1000x64 by 8x32": (lambda: torch.nn.functional.embedding(dk, dt),
                                       torch.nn.functional.embedding(tokens, table)),
     }
-    real = bounds.violation
+    real_violation, real_in_bounds = bounds.violation, runners.Runner._in_bounds
     rows, details = [], {"rounds": rounds, "calls_per_round": inner}
     us = 1e6
     for name, (call, want) in cases.items():
         assert torch.equal(call().cpu(), want)
 
-        def unchecked(call=call):
+        def unchecked(call=call):  # the check switched off, in the full path and in the runner
             bounds.violation = lambda kind, c: None
+            runners.Runner._in_bounds = lambda self, args: True
             try:
                 call()
             finally:
-                bounds.violation = real
+                bounds.violation, runners.Runner._in_bounds = real_violation, real_in_bounds
 
         samples = bu.interleaved({"checked": call, "unchecked": unchecked}, inner, rounds)
         med = {k: bu.median(v) * us for k, v in samples.items()}
@@ -138,6 +143,96 @@ def bench_bounds(args, tme):
                         spread_checked=spread["checked"], spread_unchecked=spread["unchecked"]))
         rows.append(row(f"{name}: cost of the check", extra[0], "us"))
         details[name] = {"median_us": med, "iqr_us": spread}
+    return {"rows": rows, "details": details}
+
+
+class TransformerBlock(torch.nn.Module):
+    """A pre-norm transformer block: LayerNorm, attention through matmul and softmax, a GELU MLP."""
+
+    def __init__(self, hidden=128, heads=4):
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = torch.nn.LayerNorm(hidden), torch.nn.LayerNorm(hidden)
+        self.qkv, self.proj = torch.nn.Linear(hidden, 3 * hidden), torch.nn.Linear(hidden, hidden)
+        self.fc1, self.fc2 = torch.nn.Linear(hidden, 4 * hidden), torch.nn.Linear(4 * hidden, hidden)
+
+    def forward(self, x):
+        b, n, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        att = (q @ k.transpose(-2, -1) * (d // self.heads) ** -0.5).softmax(-1)
+        x = x + self.proj((att @ v).transpose(1, 2).reshape(b, n, d))
+        return x + self.fc2(torch.nn.functional.gelu(self.fc1(self.norm2(x))))
+
+
+def _hf_models():
+    """Tiny HF models from configs (random weights, no download): name -> (model, inputs)."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    ids = torch.randint(0, 1000, (1, 64))
+    return {
+        "HF BERT (2 layers, hidden 128)": (tf.BertModel(tf.BertConfig(
+            vocab_size=1000, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=512)), {"input_ids": ids}),
+        "HF Llama (2 layers, hidden 128)": (tf.LlamaModel(tf.LlamaConfig(
+            vocab_size=1000, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2)), {"input_ids": ids}),
+        "HF ViT (2 layers, hidden 128, 64x64)": (tf.ViTModel(tf.ViTConfig(
+            hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
+            image_size=64, patch_size=8)), {"pixel_values": torch.randn(1, 3, 64, 64)}),
+        "HF T5 (2+2 layers, d_model 128)": (tf.T5Model(tf.T5Config(
+            vocab_size=1000, d_model=128, d_kv=32, d_ff=256, num_layers=2, num_heads=4)),
+            {"input_ids": ids, "decoder_input_ids": ids[:, :16]}),
+    }
+
+
+def _first_tensor(out):
+    if isinstance(out, torch.Tensor):
+        return out
+    if hasattr(out, "last_hidden_state"):
+        return out.last_hidden_state
+    return out[0]
+
+
+def bench_models(args, tme):
+    from torch_mlir_eager import TorchMLIRTensor
+
+    rounds = args.repeats or (5 if args.quick else 15)
+    torch.manual_seed(0)
+    cases = {
+        "transformer block (hidden 128, 4 heads, seq 64)": (TransformerBlock(), {"x": torch.randn(1, 64, 128)}),
+        "nn.TransformerEncoderLayer (eval, no_grad)": (
+            torch.nn.TransformerEncoderLayer(128, 4, 512, batch_first=True), {"src": torch.randn(1, 64, 128)}),
+    }
+    try:
+        cases.update(_hf_models())
+    except ImportError:
+        log("  (transformers not installed: pip install -e '.[bench]' for the HF models)")
+    rows, details = [], {}
+    ms = 1e3
+    for name, (model, inputs) in cases.items():
+        model = model.eval()
+        dev_model = tme.to_device(copy.deepcopy(model), args.device).eval()
+        dev_inputs = {k: TorchMLIRTensor(v, device=args.device) for k, v in inputs.items()}
+        with torch.no_grad():
+            want = _first_tensor(model(**inputs))
+            tme.reset_stats()
+            got = _first_tensor(dev_model(**dev_inputs))
+            st = tme.stats()
+            diff = (got.cpu() - want).abs().max().item()
+            samples = bu.interleaved({"native": lambda: model(**inputs),
+                                      "eager": lambda: _first_tensor(dev_model(**dev_inputs)).cpu()},
+                                     1, rounds, warmup=2)
+        med = {k: bu.median(v) * ms for k, v in samples.items()}
+        rows.append(row(f"{name}: TorchMLIRTensor (warm)", med["eager"], "ms", "native eager", med["native"],
+                        samples=[v * ms for v in samples["eager"]],
+                        iqr_eager=[v * ms for v in bu.spread(samples["eager"])],
+                        iqr_native=[v * ms for v in bu.spread(samples["native"])]))
+        details[name] = {"max_abs_diff_vs_native": diff, "first_forward_fallback_calls": st["fallback_calls"],
+                         "fallbacks": st["fallbacks"], "decomposed": st.get("decomposed", {}),
+                         "compiled_calls": st["compiled_calls"], "metadata_calls": st["metadata_calls"]}
+        log(f"  {name}: {med['eager']:.2f} ms vs native {med['native']:.2f} ms; max abs diff {diff:.2g}; "
+            f"{st['fallback_calls']} fallback calls")
     return {"rows": rows, "details": details}
 
 
@@ -342,6 +437,7 @@ def bench_cold(args, tme):
 BENCH = {
     "overhead": bench_overhead,
     "bounds": bench_bounds,
+    "models": bench_models,
     "rss": bench_rss,
     "resnet18": bench_resnet18,
     "kernel_quality": bench_kernel_quality,

@@ -60,6 +60,9 @@ def _release_at_exit():
 
     _CACHE.clear()
     views.clear_memo()
+    from .runners import clear
+
+    clear()
     device._devices.clear()
     gc.collect()
     # Tensors the program still holds at exit keep IREE buffers alive until the interpreter
@@ -79,4 +82,7 @@ _atexit.register(_release_at_exit)
 
 def clear_kernel_cache() -> None:
     """Forget every in-memory kernel and remembered fallback of this process."""
+    from .runners import clear
+
     _CACHE.clear()
+    clear()

@@ -204,9 +204,8 @@ def _probe(checks, device) -> list:
         entry = compile_service.build_blocking(recipe, (), device)
     if isinstance(entry, Kernel):
         (result,) = entry([dense_buffer(c.tensor) for c in checks])
-        nbytes = 16 * len(checks)
-        STATS.host_transfer(nbytes)
-        return device.download(result.get_buffer(), nbytes).view(torch.int64).tolist()
+        STATS.host_transfer(16 * len(checks))
+        return device.read_int64(result, 2 * len(checks))
     out = []
     for c in checks:
         out += _host_minmax(c.tensor._host(), c.ignore)

@@ -90,7 +90,8 @@ _host_work = threading.local()
 def take_host_work_note():
     """The reason the current call did host work for a layout op, or None; clears it."""
     reason = getattr(_host_work, "reason", None)
-    _host_work.reason = None
+    if reason is not None:
+        _host_work.reason = None
     return reason
 
 

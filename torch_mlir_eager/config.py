@@ -23,6 +23,10 @@ def set_validate(enabled: bool = True) -> None:
     """Validation mode: on a mismatch the kernel is disabled for its key and the native result
     is returned (counted in stats()['validation_mismatches'] and as a 'validate' fallback)."""
     config.validate = bool(enabled)
+    if enabled:  # runners skip validation: kernels must go through the full path again
+        from .runners import clear
+
+        clear()
 
 
 def set_async_compile(enabled: bool = True) -> None:

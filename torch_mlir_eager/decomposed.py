@@ -99,12 +99,16 @@ FUSED = {
 
 @functools.lru_cache(maxsize=None)
 def decomposition_for(func):
-    """A decomposition to run eagerly for `func`, or None."""
+    """A decomposition to run eagerly for `func`, or None. Only decompositions into other aten
+    ops: PyTorch's references (torch._refs) are written in prims, the same ops one level down."""
     if func in FUSED:
         return FUSED[func]
     from torch._decomp import decomposition_table
 
-    return decomposition_table.get(func)
+    decomposition = decomposition_table.get(func)
+    if decomposition is None or getattr(decomposition, "__module__", "").startswith("torch._refs"):
+        return None
+    return decomposition
 
 
 _active = threading.local()

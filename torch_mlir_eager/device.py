@@ -133,6 +133,12 @@ class Device:
             arr = rt.DeviceArray(self.hal, bv, implicit_host_transfer=True).to_host().reshape(-1).copy()
         return torch.from_numpy(arr)
 
+    def read_int64(self, bv, n: int) -> list:
+        """The first `n` int64 values of a small device buffer, as Python ints (a host read)."""
+        if self._host_visible:
+            return bv.map().asarray([n], np.dtype(np.int64)).tolist()
+        return self.download(bv.get_buffer(), 8 * n).view(torch.int64).tolist()
+
     def allocate(self, nbytes: int):
         """A new device buffer of `nbytes` bytes, contents unspecified (like torch.empty)."""
         return self.hal.allocator.allocate_buffer(

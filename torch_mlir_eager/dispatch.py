@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from torch.utils._pytree import tree_unflatten
 
-from . import bounds, compile_service, decomposed, special, views
+from . import bounds, compile_service, decomposed, runners, special, views
 from .buffers import dense_buffer, take_host_work_note, write
 from .config import config
 from .fallback import run_native
@@ -42,6 +42,15 @@ PER_CHANNEL_VIEW = Fallback("unsupported", "views of per-channel quantized tenso
 
 def dispatch(func, args, kwargs):
     kind = classify(func)
+    fast = None  # the hit path: a key's prebuilt runner (runners.py)
+    if not kwargs and _runnable(func, kind):
+        fast = runners.fast_key(func, args, kind.scalar_args)
+        runner = runners.RUNNERS.get(fast) if fast is not None else None
+        if runner is not None:
+            result = runner(args)
+            if result is not None:
+                record_runner(kind.name, runner.outcome)
+                return result
     handler = special.handler_for(func, kind)
     if handler is not None:
         result, outcome = handler(func, kind, args, kwargs)
@@ -54,12 +63,25 @@ def dispatch(func, args, kwargs):
     elif kind.kind == NATIVE:
         result, outcome = run_native(func, kind, args, kwargs), Fallback(kind.native_step, kind.reason)
     else:
-        result, outcome = run_op(func, kind, args, kwargs)
+        result, outcome = run_op(func, kind, args, kwargs, fast)
     record(kind.name, outcome)
     return result
 
 
-def run_op(func, kind, args, kwargs):
+_RUNNABLE: dict = {}
+
+
+def _runnable(func, kind) -> bool:
+    """Whether calls of `func` may have a runner (runners.py): compiled ops with no path of
+    their own and no guard."""
+    ok = _RUNNABLE.get(func)
+    if ok is None:
+        ok = _RUNNABLE[func] = (kind.kind not in (VIEW, NATIVE) and not kind.inplace_view
+                                and kind.guard is None and special.handler_for(func, kind) is None)
+    return ok
+
+
+def run_op(func, kind, args, kwargs, fast=None):
     call = abstract(func, kind, args, kwargs)
     if call.host_only:
         return run_native(func, kind, args, kwargs), host_only_outcome(call)
@@ -73,6 +95,8 @@ def run_op(func, kind, args, kwargs):
                 return run_native(func, kind, args, kwargs), Fallback("bounds", problem)
         if config.validate and not entry.validated:
             return run_validated(entry, call, key, run_kernel)
+        if fast is not None and (entry.takes_scalars or not call.scalars):
+            runners.install(fast, entry, call, args)
         return run_kernel(entry, call), COMPILED if entry.launches else METADATA
     if isinstance(entry, Fallback) and entry.step in decomposed.DECOMPOSABLE_STEPS and kind.kind == FUNCTIONAL:
         result = run_decomposed(func, kind, args, kwargs)
@@ -94,8 +118,17 @@ def run_decomposed(func, kind, args, kwargs):
     return result
 
 
-def record(op_name: str, outcome):
+def record_runner(op_name: str, outcome):
+    """record, for a runner's call: counted in this thread's counters, with no lock."""
     host_work = take_host_work_note()
+    if host_work is None:
+        STATS.mine()[outcome] += 1
+    else:
+        record(op_name, outcome, host_work)
+
+
+def record(op_name: str, outcome, host_work=None):
+    host_work = host_work or take_host_work_note()
     if host_work is not None and not isinstance(outcome, Fallback):
         outcome = Fallback("layout", host_work)
     if isinstance(outcome, Fallback):

@@ -46,10 +46,23 @@ class Kernel:
         self.vmfb = vmfb
         self.work = device_work(name, plan)
         self.hal = device.hal_for(self.work)  # hybrid device: inline or on the thread pool
-        module = rt.VmModule.copy_buffer(device.instance, vmfb)
-        self._context = rt.VmContext(device.instance, modules=[device.new_hal_module(self.hal), module])
-        self._main = module.lookup_function("main")
-        self._lock = threading.Lock()  # a VM context is not safe to invoke from two threads at once
+        self._module = rt.VmModule.copy_buffer(device.instance, vmfb)
+        self._main = self._module.lookup_function("main")
+        # a VM context is not safe to invoke from two threads at once: one per thread, no lock
+        self._context = self._new_context()
+        self._owner = threading.get_ident()
+        self._contexts = threading.local()
+
+    def _new_context(self):
+        return rt.VmContext(self.device.instance, modules=[self.device.new_hal_module(self.hal), self._module])
+
+    def _context_of_this_thread(self):
+        if threading.get_ident() == self._owner:
+            return self._context
+        context = getattr(self._contexts, "context", None)
+        if context is None:
+            context = self._contexts.context = self._new_context()
+        return context
 
     @classmethod
     def empty(cls, device: Device, name: str, plan) -> "Kernel":
@@ -77,14 +90,13 @@ class Kernel:
                 else:
                     args.push_int(v)
         results = rt.VmVariantList(self._num_outputs)
+        context = self._context_of_this_thread()
         if KernelTiming.enabled:
             start = time.perf_counter()
-            with self._lock:
-                self._context.invoke(self._main, args, results)
+            context.invoke(self._main, args, results)
             KernelTiming.records.append((self.name, time.perf_counter() - start))
         else:
-            with self._lock:
-                self._context.invoke(self._main, args, results)
+            context.invoke(self._main, args, results)
         return [results.get_as_object(i, rt.HalBufferView) for i in range(self._num_outputs)]
 
     def __repr__(self):

@@ -42,6 +42,7 @@ class KernelCache:
         self._building: dict = {}
         self._lock = threading.Lock()
         self.max_entries = max_entries
+        self.on_evict = None  # called with each evicted entry (runners.py drops its runners)
 
     def get(self, key):
         entry = self._entries.get(key)
@@ -68,6 +69,8 @@ class KernelCache:
                 self._entries[key] = entry  # still building: keep it, try the next
                 continue
             STATS.evict("kernels")
+            if self.on_evict is not None:
+                self.on_evict(entry)
 
     def get_or_build(self, key, build):
         """The entry for `key`, calling `build()` at most once per key across threads. If the
@@ -101,6 +104,8 @@ class KernelCache:
     def clear(self):
         with self._lock:
             self._entries.clear()
+        if self.on_evict is not None:
+            self.on_evict(None)
 
     def __len__(self):
         return len(self._entries)
@@ -114,21 +119,43 @@ COMPILED, METADATA, FALLBACK = "compiled_calls", "metadata_calls", "fallback_cal
 CALL_KINDS = (COMPILED, METADATA, FALLBACK)
 
 
+class _Counts(dict):
+    """One thread's hot counters: incremented without a lock, merged when stats() is read."""
+
+    def __init__(self):
+        super().__init__(dict.fromkeys(HOT_COUNTERS, 0))
+
+
+HOT_COUNTERS = CALL_KINDS + ("cache_hits", "cache_misses")
+
+
 class Stats:
-    """Counters since the last reset. Every intercepted call counts in exactly one CALL_KIND."""
+    """Counters since the last reset. Every intercepted call counts in exactly one CALL_KIND.
+    The counters of the hot path are per thread (no lock); the rest share one lock."""
 
     def __init__(self):
         self._lock = threading.Lock()
+        self._local = threading.local()
+        self._threads: list[_Counts] = []
         self.reset()
+
+    def mine(self) -> _Counts:
+        """This thread's hot counters."""
+        counts = getattr(self._local, "counts", None)
+        if counts is None:
+            counts = self._local.counts = _Counts()
+            with self._lock:
+                self._threads.append(counts)
+        return counts
 
     def reset(self):
         with self._lock:
-            self.calls = Counter()
+            for counts in self._threads:
+                counts.update(dict.fromkeys(HOT_COUNTERS, 0))
+            self.fallback_calls = 0
             self.kernels_compiled = 0
             self.compile_failures = 0
             self.compile_seconds = 0.0
-            self.cache_hits = 0
-            self.cache_misses = 0
             self.disk_cache_hits = 0
             self.validation_mismatches = 0
             self.host_transfers = 0
@@ -139,12 +166,11 @@ class Stats:
             self.fallbacks: dict[str, dict] = {}
 
     def call(self, kind: str):
-        with self._lock:
-            self.calls[kind] += 1
+        self.mine()[kind] += 1
 
     def fallback(self, op_name: str, step: str, reason: str):
         with self._lock:
-            self.calls["fallback_calls"] += 1
+            self.fallback_calls += 1
             entry = self.fallbacks.get(op_name)
             if entry is None:
                 self.fallbacks[op_name] = {"count": 1, "reason": reason, "step": step}
@@ -152,11 +178,7 @@ class Stats:
                 entry["count"] += 1
 
     def lookup(self, hit: bool):
-        with self._lock:
-            if hit:
-                self.cache_hits += 1
-            else:
-                self.cache_misses += 1
+        self.mine()["cache_hits" if hit else "cache_misses"] += 1
 
     def compiled(self, seconds: float, ok: bool, from_disk: bool = False):
         with self._lock:
@@ -193,7 +215,11 @@ class Stats:
 
     def as_dict(self) -> dict:
         with self._lock:
-            d = {kind: self.calls[kind] for kind in CALL_KINDS}
+            hot = dict.fromkeys(HOT_COUNTERS, 0)
+            for counts in self._threads:
+                for k in HOT_COUNTERS:
+                    hot[k] += counts[k]
+            d = {COMPILED: hot[COMPILED], METADATA: hot[METADATA], FALLBACK: self.fallback_calls}
             d.update(
                 host_transfers=self.host_transfers,
                 host_transfer_bytes=self.host_transfer_bytes,
@@ -203,8 +229,8 @@ class Stats:
                 kernels_compiled=self.kernels_compiled,
                 compile_failures=self.compile_failures,
                 compile_seconds=round(self.compile_seconds, 6),
-                cache_hits=self.cache_hits,
-                cache_misses=self.cache_misses,
+                cache_hits=hot["cache_hits"],
+                cache_misses=hot["cache_misses"],
                 disk_cache_hits=self.disk_cache_hits,
                 validation_mismatches=self.validation_mismatches,
                 fallbacks={k: dict(v) for k, v in self.fallbacks.items()},

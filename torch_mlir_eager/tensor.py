@@ -15,6 +15,7 @@ from .device import Device, get_device
 from .layout import contiguous_strides as _contiguous_strides, physical_order
 
 DEVICE_TYPE = "iree"
+_DEVICE = None  # torch.device("iree", 0), once the device type is registered
 
 
 class _IreeBackendModule:
@@ -68,6 +69,7 @@ def _register_device_type():
 
 
 _register_device_type()
+_DEVICE = torch.device(DEVICE_TYPE, 0)
 
 
 class DeviceStorage:
@@ -258,7 +260,7 @@ class TorchMLIRTensor(torch.Tensor):
             strides=stride,
             storage_offset=offset,
             dtype=dtype,
-            device=torch.device(DEVICE_TYPE, 0),
+            device=_DEVICE,
             requires_grad=requires_grad,
         )
         t._storage_ref = storage
@@ -267,20 +269,31 @@ class TorchMLIRTensor(torch.Tensor):
         t._note_metadata(size, stride, offset)
         return t
 
-    def _note_metadata(self, size, stride, offset):
-        # what the hot path asks, computed once per metadata change
+    @staticmethod
+    def _metadata_of(dtype, size, stride, offset):
+        """What the hot path asks of a tensor with this geometry, computed once."""
         size, stride = tuple(size), tuple(stride)
-        dtype = self.dtype
-        self._spec = (dtype, size, stride)
         numel = 1
         for s in size:
             numel *= s
-        self._numel = numel
         perm, dense = physical_order(size, stride)
-        self._perm = perm  # the kernel takes this tensor in physical order (see layout.py)
-        self._phys_shape = size if perm is None else tuple(size[d] for d in perm)
+        phys_shape = size if perm is None else tuple(size[d] for d in perm)
         # the storage size at which this tensor is its whole storage (-1: never)
-        self._whole_nbytes = numel * dtype.itemsize if dense and offset == 0 else -1
+        whole = numel * dtype.itemsize if dense and offset == 0 else -1
+        return (dtype, size, stride), numel, perm, phys_shape, whole
+
+    def _note_metadata(self, size, stride, offset):
+        self._spec, self._numel, self._perm, self._phys_shape, self._whole_nbytes = (
+            TorchMLIRTensor._metadata_of(self.dtype, size, stride, offset))
+
+    @classmethod
+    def _make_known(cls, storage, dtype, size, stride, meta):
+        """_make for a result whose metadata (`_metadata_of`, offset 0) is known already."""
+        t = torch.Tensor._make_wrapper_subclass(
+            cls, size, strides=stride, dtype=dtype, device=_DEVICE, requires_grad=False)
+        t._storage_ref = storage
+        t._spec, t._numel, t._perm, t._phys_shape, t._whole_nbytes = meta
+        return t
 
     def _set_metadata(self, size, stride, offset):
         """Change this tensor's own size/stride/offset (in-place view ops, resize_)."""

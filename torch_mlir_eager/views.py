@@ -49,7 +49,7 @@ def run_view(func, args, kwargs):
         metas = _view_metadata(func, args, kwargs, base)
         with _memo_lock:
             _memo[key] = metas
-            if len(_memo) > MEMO_SIZE:
+            while len(_memo) > MEMO_SIZE:
                 _memo.popitem(last=False)
                 STATS.evict("view_memo")
     else:

@@ -1,0 +1,185 @@
+"""The hit path: one prebuilt callable per key, as JAX's `apply_primitive` fetches one.
+
+    runner = RUNNERS.get(fast_key(func, args))      # no pytree walk, no lock
+    result = runner(args)                           # inputs -> kernel -> results, write-back
+
+A `Runner` is made the first time a key's kernel runs through the full path (dispatch.run_op),
+for calls it can serve alone: positional arguments only (tensors, numbers, None, lists of ints),
+no guard, no validation. It holds the kernel, which arguments are its tensor inputs and runtime
+scalars, the metadata of every result (computed once), the write-back of written inputs, and
+for indexing ops the bounds probe and each index's valid range (both follow from the key).
+Anything else takes the full path each time.
+"""
+
+from __future__ import annotations
+
+from torch.utils._pytree import tree_unflatten
+
+from . import bounds
+from .buffers import dense_buffer, write
+from .kernel import Kernel
+from .kernel_cache import CACHE, COMPILED, METADATA, STATS
+from .ops import NATIVE, VIEW
+from .tensor import DeviceStorage, TorchMLIRTensor
+
+RUNNERS: dict = {}  # fast key -> Runner (insertion order: the oldest goes first)
+_BY_KERNEL: dict = {}  # id(kernel) -> the fast keys of its runners
+_INT_TYPES = (int,)
+
+
+def fast_key(func, args, scalar_positions):
+    """A key for a call of positional arguments, or None when the call is not that simple.
+    Tensors contribute their spec (or which earlier argument they repeat), runtime scalars
+    their type, other values their type and value."""
+    key = [func]
+    tensors = []
+    device = None
+    for i, a in enumerate(args):
+        t = type(a)
+        if t is TorchMLIRTensor:
+            for j, seen in enumerate(tensors):
+                if seen is a:
+                    key.append(j)
+                    break
+            else:
+                d = a._storage_ref.device
+                if device is None:
+                    device = d
+                elif d is not device:
+                    return None
+                tensors.append(a)
+                key.append(a._spec)
+        elif t is float:
+            key.append((float, "runtime") if i in scalar_positions else (float, a.hex()))
+        elif t is int:
+            key.append((int, "runtime") if i in scalar_positions else (int, a))
+        elif a is None or t is bool:
+            key.append(a)
+        elif t is list or t is tuple:
+            for v in a:
+                if type(v) is not int:
+                    return None
+            key.append((t, tuple(a)))
+        else:
+            return None
+    if device is None:
+        return None
+    key.append(device)
+    return tuple(key)
+
+
+class Runner:
+    """A key's kernel with everything its calls need, decided once."""
+
+    __slots__ = ("kernel", "tensor_positions", "scalar_positions", "live", "outputs", "writes", "resize",
+                 "leaves", "tree", "single", "outcome", "device", "probe", "probed", "ranges")
+
+    def __init__(self, kernel, call, args):
+        plan = kernel.plan
+        self.kernel = kernel
+        self.device = call.device
+        # which positional argument each kernel tensor input is (the call's tensors, in order)
+        position = {id(a): i for i, a in enumerate(args) if isinstance(a, TorchMLIRTensor)}
+        self.tensor_positions = tuple(position[id(t)] for t in call.tensors)
+        self.scalar_positions = tuple(i for i, a in enumerate(args) if type(a) in (float, int)
+                                      and i in call.kind.scalar_args)
+        self.live = tuple(self.tensor_positions[i] for i in plan.live_inputs)
+        self.outputs = tuple((s.dtype, s.shape, s.stride, s.numel, s.numel * s.dtype.itemsize,
+                              TorchMLIRTensor._metadata_of(s.dtype, s.shape, s.stride, 0)) for s in plan.out_specs)
+        self.writes = tuple(self.tensor_positions[slot] for slot in plan.live_writes)
+        self.resize = tuple((self.tensor_positions[slot], shape) for slot, shape in zip(plan.writes, plan.write_shapes))
+        self.leaves = tuple((how, self.tensor_positions[v] if how == "arg" else v) for how, v in plan.leaves)
+        self.tree = plan.tree
+        self.single = plan.single_fresh
+        self.outcome = COMPILED if kernel.launches else METADATA
+        self.probe = None  # the bounds probe, its inputs (argument positions) and their ranges
+
+    def check_bounds_with(self, probe, checks, args):
+        """Make this runner check its index arguments (their ranges follow from the key)."""
+        position = {id(a): i for i, a in enumerate(args)}
+        self.probe = probe
+        self.probed = tuple(position[id(c.tensor)] for c in checks)
+        self.ranges = tuple((c.lo, c.hi) for c in checks)
+
+    def _in_bounds(self, args) -> bool:
+        (result,) = self.probe([dense_buffer(args[i]) for i in self.probed])
+        minmax = self.device.read_int64(result, 2 * len(self.ranges))
+        STATS.host_transfer(16 * len(self.ranges))
+        STATS.bounds_check()
+        for i, (lo, hi) in enumerate(self.ranges):
+            low, high = minmax[2 * i], minmax[2 * i + 1]
+            if low <= high and (low < lo or high >= hi):
+                return False
+        return True
+
+    def __call__(self, args):
+        for pos, shape in self.resize:
+            if args[pos]._spec[1] != shape:
+                return None  # an out= tensor to resize: the full path does that
+        if self.probe is not None and not self._in_bounds(args):
+            return None  # an index out of range: the full path runs it natively, which raises
+        scalars = tuple(args[i] for i in self.scalar_positions)
+        outs = iter(self.kernel([dense_buffer(args[i]) for i in self.live], scalars))
+        device = self.device
+        fresh = []
+        for dtype, shape, stride, numel, nbytes, meta in self.outputs:
+            result = next(outs) if numel else None
+            storage = DeviceStorage(device, nbytes, result.get_buffer(), ((dtype, tuple(result.shape)), result)) \
+                if numel else DeviceStorage(device, 0, None)
+            fresh.append(TorchMLIRTensor._make_known(storage, dtype, shape, stride, meta))
+        for pos in self.writes:
+            write(args[pos], next(outs))
+        if self.single:
+            return fresh[0]
+        return tree_unflatten([fresh[v] if how == "out" else args[v] if how == "arg" else v
+                               for how, v in self.leaves], self.tree)
+
+
+def install(key, kernel, call, args):
+    """Make the runner of a simple call whose kernel just ran through the full path."""
+    kind = call.kind
+    if kind.kind in (VIEW, NATIVE) or kind.guard is not None or call.host_only:
+        return
+    runner = Runner(kernel, call, args)
+    if kind.bounds:
+        checks = bounds.checks_of(kind.bounds, kind.arg_names, args, {})
+        if any(not isinstance(c.tensor, TorchMLIRTensor) or c.ignore is not None for c in checks):
+            return  # 0-d CPU indices, or an ignore_index: the full path checks those
+        if checks:
+            probe = CACHE.get(bounds.probe_recipe(checks, call.device)[0])
+            if not isinstance(probe, Kernel):
+                return
+            runner.check_bounds_with(probe, checks, args)
+    while len(RUNNERS) >= CACHE.max_entries:
+        _drop(next(iter(RUNNERS)))
+        STATS.evict("runners")
+    RUNNERS[key] = runner
+    _BY_KERNEL.setdefault(id(kernel), set()).add(key)
+
+
+def _drop(key):
+    runner = RUNNERS.pop(key, None)
+    if runner is not None:
+        keys = _BY_KERNEL.get(id(runner.kernel))
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del _BY_KERNEL[id(runner.kernel)]
+
+
+def forget_kernel(kernel):
+    """The cache evicted `kernel` (None: cleared everything): its runners go too, since they
+    would keep it alive and serve it."""
+    if kernel is None:
+        clear()
+        return
+    for key in list(_BY_KERNEL.pop(id(kernel), ())):
+        RUNNERS.pop(key, None)
+
+
+CACHE.on_evict = forget_kernel
+
+
+def clear():
+    RUNNERS.clear()
+    _BY_KERNEL.clear()
