@@ -287,11 +287,13 @@ class TorchMLIRTensor(torch.Tensor):
             TorchMLIRTensor._metadata_of(self.dtype, size, stride, offset))
 
     @classmethod
-    def _make_known(cls, storage, dtype, size, stride, meta):
-        """_make for a result whose metadata (`_metadata_of`, offset 0) is known already."""
+    def _make_known(cls, storage, dtype, size, stride, meta, offset=0, qparams=None):
+        """_make for a tensor whose metadata (`_metadata_of`) is known already."""
         t = torch.Tensor._make_wrapper_subclass(
-            cls, size, strides=stride, dtype=dtype, device=_DEVICE, requires_grad=False)
+            cls, size, strides=stride, storage_offset=offset, dtype=dtype, device=_DEVICE, requires_grad=False)
         t._storage_ref = storage
+        if qparams is not None:
+            t._qparams = qparams
         t._spec, t._numel, t._perm, t._phys_shape, t._whole_nbytes = meta
         return t
 

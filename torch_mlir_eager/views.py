@@ -62,7 +62,8 @@ def run_view(func, args, kwargs):
         return NOT_A_VIEW
     storage = base._storage_ref
     qparams = base._qparams
-    views = [TorchMLIRTensor._make(storage, dtype, size, stride, offset, qparams=qparams) for dtype, size, stride, offset in items]
+    views = [TorchMLIRTensor._make_known(storage, dtype, size, stride, meta, offset, qparams)
+             for dtype, size, stride, offset, meta in items]
     return seq_type(views) if is_seq else views[0]
 
 
@@ -79,13 +80,16 @@ def _view_metadata(func, args, kwargs, base):
     def dtype_of(m):  # a quantized base is viewed through its integer dtype
         return base.dtype if proxy is not base.dtype and m.dtype == proxy else m.dtype
 
-    items = [(dtype_of(m), tuple(m.shape), tuple(m.stride()), m.storage_offset()) for m in flat]
+    items = []
+    for m in flat:
+        dtype, size, stride, offset = dtype_of(m), tuple(m.shape), tuple(m.stride()), m.storage_offset()
+        items.append((dtype, size, stride, offset, TorchMLIRTensor._metadata_of(dtype, size, stride, offset)))
     return isinstance(out, (list, tuple)), type(out), items
 
 
 def _view_key(x):
     if isinstance(x, TorchMLIRTensor):
-        return (x.dtype, x._storage_ref.nbytes, x.shape, x.stride(), x.storage_offset())
+        return (x._spec, x._storage_ref.nbytes, x.storage_offset())
     if isinstance(x, (list, tuple)):
         return tuple(_view_key(v) for v in x)
     if isinstance(x, float):
