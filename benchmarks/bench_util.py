@@ -39,10 +39,14 @@ def time_per_call(fn, inner, repeats, warmup=1):
     return median(samples), samples
 
 
-def interleaved(options: dict, inner: int, rounds: int, warmup: int = 20):
+def interleaved(options: dict, inner: int, rounds: int, warmup: int = 20, settle: float = 0.0):
     """Time several options against each other in one process: `rounds` alternations, each
     timing `inner` back-to-back calls of every option in turn (the order rotating), so that
-    machine noise falls on all of them alike. Returns {name: [seconds per call, per round]}."""
+    machine noise falls on all of them alike. Returns {name: [seconds per call, per round]}.
+
+    `settle`: seconds to sleep after each option's turn. Thread pools spin after their work
+    (PyTorch's OpenMP threads for up to 200 ms, IREE's task workers too), and a pool still
+    spinning slows the next option down: multi-threaded options need it."""
     names = list(options)
     for name in names:
         for _ in range(warmup):
@@ -55,6 +59,8 @@ def interleaved(options: dict, inner: int, rounds: int, warmup: int = 20):
             for _ in range(inner):
                 fn()
             samples[name].append((time.perf_counter() - t0) / inner)
+            if settle:
+                time.sleep(settle)
     return samples
 
 

@@ -222,7 +222,7 @@ def bench_models(args, tme):
             diff = (got.cpu() - want).abs().max().item()
             samples = bu.interleaved({"native": lambda: model(**inputs),
                                       "eager": lambda: _first_tensor(dev_model(**dev_inputs)).cpu()},
-                                     1, rounds, warmup=2)
+                                     3, rounds, warmup=2, settle=0.3)
         med = {k: bu.median(v) * ms for k, v in samples.items()}
         rows.append(row(f"{name}: TorchMLIRTensor (warm)", med["eager"], "ms", "native eager", med["native"],
                         samples=[v * ms for v in samples["eager"]],
@@ -275,13 +275,16 @@ def bench_resnet18(args, tme):
         model, dev_model, x, xd = _models(batch, 224, args.device, tme)
         with torch.no_grad():
             info = _warm_up(dev_model, model, x, xd, tme, f"batch {batch}")
-            t_nat, s_nat = bu.time_per_call(lambda: model(x), 1, reps, warmup=2)
-            t_eag, s_eag = bu.time_per_call(lambda: dev_model(xd).cpu(), 1, reps, warmup=1)
+            samples = bu.interleaved({"native": lambda: model(x), "eager": lambda: dev_model(xd).cpu()},
+                                     1, reps, warmup=1, settle=0.3)
         ms = 1e3
+        t_nat, t_eag = bu.median(samples["native"]), bu.median(samples["eager"])
         rows.append(row(f"ResNet18 eval b{batch} 224: native eager", t_nat * ms, "ms",
-                        samples=[v * ms for v in s_nat]))
+                        samples=[v * ms for v in samples["native"]]))
         rows.append(row(f"ResNet18 eval b{batch} 224: TorchMLIRTensor (warm)", t_eag * ms, "ms",
-                        "native eager", t_nat * ms, samples=[v * ms for v in s_eag]))
+                        "native eager", t_nat * ms, samples=[v * ms for v in samples["eager"]],
+                        iqr_eager=[v * ms for v in bu.spread(samples["eager"])],
+                        iqr_native=[v * ms for v in bu.spread(samples["native"])]))
         info["repeats"] = reps
         details[f"batch{batch}"] = info
         del model, dev_model, x, xd

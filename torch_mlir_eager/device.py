@@ -22,8 +22,11 @@ import iree.runtime as rt
 DEFAULT_DRIVER = "hybrid"
 ENV_DEVICE = "TORCH_MLIR_EAGER_DEVICE"
 ENV_CROSSOVER = "TORCH_MLIR_EAGER_HYBRID_CROSSOVER"
-# Work (work_of) from which local-task beats local-sync: benchmarks/crossover.py measures it.
-HYBRID_CROSSOVER = 1 << 18
+# Work (work_of) from which local-task beats local-sync, from benchmarks/crossover.py on the
+# 2-vCPU CI machine (interleaved, 20 rounds): local-sync was faster up to a work of about 3e6
+# (mm 128^3: 29 us against 57 us; a 32-channel 16x16 3x3 conv: 95 us against 104 us), local-task
+# from about 1e7 (mm 256^3: 0.88x; an add of 4M elements: 0.71x; a 64-channel 28x28 conv: 0.70x).
+HYBRID_CROSSOVER = 1 << 23
 
 _MATMUL_OPS = ("aten.mm.", "aten.bmm.", "aten.addmm.", "aten.baddbmm.", "aten.addbmm.", "aten.matmul.",
                "aten.linear.", "aten._scaled_mm.")
