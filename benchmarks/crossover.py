@@ -44,7 +44,6 @@ def main():
     p.add_argument("--out", default=os.path.join(HERE, "results", "crossover.json"))
     args = p.parse_args()
 
-    import torch_mlir_eager as tme
     from torch_mlir_eager import TorchMLIRTensor, device as devmod
     from torch_mlir_eager.kernel import Kernel
     from torch_mlir_eager.kernel_cache import CACHE

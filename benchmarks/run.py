@@ -275,7 +275,8 @@ def bench_resnet18(args, tme):
         model, dev_model, x, xd = _models(batch, 224, args.device, tme)
         with torch.no_grad():
             info = _warm_up(dev_model, model, x, xd, tme, f"batch {batch}")
-            samples = bu.interleaved({"native": lambda: model(x), "eager": lambda: dev_model(xd).cpu()},
+            samples = bu.interleaved({"native": lambda m=model, v=x: m(v),
+                                      "eager": lambda m=dev_model, v=xd: m(v).cpu()},
                                      1, reps, warmup=1, settle=0.3)
         ms = 1e3
         t_nat, t_eag = bu.median(samples["native"]), bu.median(samples["eager"])

@@ -19,6 +19,7 @@ from .timing import kernel_timing, kernel_times
 __all__ = [
     "TorchMLIRTensor",
     "default_device",
+    "get_device",
     "stats",
     "reset_stats",
     "to_device",

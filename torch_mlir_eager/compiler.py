@@ -28,7 +28,7 @@ from . import argument_checks, layout, lowering
 from .device import COMPILED_DTYPES
 from .ops import FUNCTIONAL_REWRITES, MUTATION, OpKind, classify
 from .recipe import (
-    Built, OutputPlan, Recipe, ScalarSlot, StepError, fill, first_line, output_spec, scalar_slots,
+    Built, OutputPlan, Recipe, StepError, fill, first_line, output_spec, scalar_slots,
 )
 
 log = logging.getLogger("torch_mlir_eager")
