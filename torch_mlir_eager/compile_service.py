@@ -90,6 +90,8 @@ def build_entry(recipe, scalars, device):
         _log_failure(recipe.name, fallback, outcome.message)
         _notify("failed", recipe.name, seconds)
         return fallback
+    # the worker's own build time (not the time the request waited in the workers' queue)
+    seconds = outcome.seconds
     kernel = _load(outcome, recipe, device, takes_scalars=outcome.runtime_scalars and bool(scalars))
     if isinstance(kernel, Fallback):
         STATS.compiled(seconds, ok=False)
