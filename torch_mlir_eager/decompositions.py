@@ -644,3 +644,104 @@ def _copysign_scalar(a, b):
     dtype = _float_result(a, b)
     m = torch.abs(a.to(dtype))
     return -m if math.copysign(1.0, float(b)) < 0 else m
+
+
+# ---- threshold_backward: the result dtype ----------------------------------------------------
+@register(aten.threshold_backward.default)
+def _threshold_backward(grad, self, threshold):
+    # PyTorch's decomposition, where(self <= threshold, 0, grad), has grad's dtype; the CPU
+    # kernel is a TensorIterator over (self, grad) that promotes them: an integer grad with a
+    # float self gives a float result (and compares in that dtype, with the threshold converted
+    # to it).
+    dtype = torch.result_type(grad, self)
+    if dtype.is_floating_point:
+        limit = _round_to(float(threshold), dtype)
+    elif dtype == torch.bool:
+        return NotImplemented
+    else:
+        limit = int(threshold)  # C++'s conversion: truncation
+    zero = torch.scalar_tensor(0, dtype=dtype)
+    return torch.where(self.to(dtype) <= limit, zero, grad.to(dtype))
+
+
+def _fix_threshold_backward_meta():
+    """The compiler plans a kernel's outputs by running the op on fake tensors, and for
+    threshold_backward FakeTensor runs that same decomposition (torch/_decomp) rather than the
+    C++ meta function: an int64 grad with a float32 self is planned as int64 where the CPU
+    kernel returns float32. This gives threshold_backward a Python meta kernel with the CPU
+    kernel's promotion, and lists it in torch._decomp.meta_table so that FakeTensor uses it.
+
+    It changes PyTorch's meta/fake result for this op process-wide (to what eager CPU computes),
+    so it is done once, here, and only for this op."""
+    op = aten.threshold_backward.default
+    from torch._decomp import meta_table
+
+    if op in meta_table:
+        return
+
+    def meta(grad, self, threshold):
+        dtype = torch.result_type(grad, self)
+        return torch.where(self.to(dtype) <= threshold, torch.scalar_tensor(0, dtype=dtype, device=grad.device),
+                           grad.to(dtype))
+
+    global _META_LIB
+    _META_LIB = torch.library.Library("aten", "IMPL")
+    _META_LIB.impl("threshold_backward", meta, "Meta")
+    meta_table[op] = meta
+
+
+_META_LIB = None
+_fix_threshold_backward_meta()
+
+
+# ---- nearest upsampling: PyTorch's index arithmetic ---------------------------------------------
+def _nearest_source_index(isize, osize, scale, exact, shortcuts):
+    """Input index of each output index along one dim, as PyTorch's CPU kernel computes it
+    (ATen/native/UpSample.h): floor(i * s) (nearest) or floor(float((i + 0.5) * s)) (exact),
+    with s = float(1 / scale) when a scale is given, float(isize) / osize otherwise, clamped to
+    the last input index. With `shortcuts` (nearest_idx: the 2d kernel only, as measured
+    against 1d/3d and both memory formats), an output 1x or 2x the input copies / halves the
+    index whatever the scale."""
+    import numpy as np
+
+    if shortcuts and osize == isize:
+        return torch.arange(osize, dtype=torch.int64)
+    if shortcuts and osize == 2 * isize:
+        return torch.div(torch.arange(osize, dtype=torch.int64), 2, rounding_mode="floor")
+    if scale is not None and scale > 0:
+        s = float(np.float32(1.0 / scale))
+    else:
+        s = float(np.float32(isize) / np.float32(osize))
+    if exact:  # (dst_index + 0.5) * scale in double, then floorf of it as a float
+        src = ((torch.arange(osize, dtype=torch.float64) + 0.5) * s).to(torch.float32)
+    else:
+        src = torch.arange(osize, dtype=torch.float32) * s
+    index = torch.floor(src).to(torch.int64)
+    return torch.clamp(index, max=isize - 1)
+
+
+def _upsample_nearest(x, output_size, scales, exact):
+    # PyTorch's decomposition (torch._decomp, which torch-mlir uses) has no special cases, where
+    # the 2d CPU kernel copies / halves the index when the output is 1x / 2x the input: with
+    # scale_factor 2.1 on 5 columns (10 outputs) the kernel reads column i // 2, the
+    # decomposition floor(i / 2.1). (It also computes exact's (i + 0.5) * s in float, not double.)
+    spatial = len(output_size)
+    index = []
+    for d in range(spatial):
+        i = _nearest_source_index(x.shape[-spatial + d], output_size[d], scales[d], exact,
+                                  shortcuts=not exact and spatial == 2)
+        index.append(i.reshape((-1,) + (1,) * (spatial - 1 - d)))
+    return aten.index.Tensor(x, [None] * (x.dim() - spatial) + index)
+
+
+def _register_upsample(op, spatial, exact):
+    def decomposition(x, output_size, *scales):
+        scales = list(scales) + [None] * (spatial - len(scales))
+        return _upsample_nearest(x, list(output_size), scales, exact)
+
+    PROJECT_DECOMPOSITIONS[op] = _bypassable(op, decomposition)
+
+
+for _spatial in (1, 2, 3):
+    _register_upsample(getattr(aten, f"upsample_nearest{_spatial}d").default, _spatial, False)
+    _register_upsample(getattr(aten, f"_upsample_nearest_exact{_spatial}d").default, _spatial, True)
