@@ -233,14 +233,21 @@ SCALAR_BINARY = {
     "nan_to_num_nan": lambda a, s: torch.nan_to_num(a, nan=s), "threshold": lambda a, s: F.threshold(a, s, 9.0),
 }
 
+def _pointed(x, values_indices):
+    values, indices = values_indices
+    return values, torch.gather(x, 1, indices)
+
+
 REDUCTIONS = {
     "max": lambda x: torch.max(x), "min": lambda x: torch.min(x), "amax1": lambda x: torch.amax(x, 1),
     "amin1": lambda x: torch.amin(x, 1), "amax0": lambda x: torch.amax(x, 0), "argmax1": lambda x: torch.argmax(x, 1),
     "argmin1": lambda x: torch.argmin(x, 1), "argmax": lambda x: torch.argmax(x), "max_dim": lambda x: torch.max(x, 1),
     "min_dim": lambda x: torch.min(x, 1), "aminmax": lambda x: torch.aminmax(x, dim=1),
-    "sort": lambda x: torch.sort(x, 1), "sort_desc": lambda x: torch.sort(x, 1, descending=True),
-    "sort_stable": lambda x: torch.sort(x, 1, stable=True), "sort_values": lambda x: torch.sort(x, 1).values,
-    "topk3": lambda x: torch.topk(x, 3, 1), "topk3_small": lambda x: torch.topk(x, 3, 1, largest=False),
+    # sort/topk: the values, and what the indices point at (the order of ties is not PyTorch's
+    # contract: its CPU sort is not stable)
+    "sort": lambda x: _pointed(x, torch.sort(x, 1)), "sort_desc": lambda x: _pointed(x, torch.sort(x, 1, descending=True)),
+    "sort_stable": lambda x: torch.sort(x, dim=1, stable=True), "sort_values": lambda x: torch.sort(x, 1).values,
+    "topk3": lambda x: _pointed(x, torch.topk(x, 3, 1)), "topk3_small": lambda x: _pointed(x, torch.topk(x, 3, 1, largest=False)),
     "msort": lambda x: torch.msort(x.t()), "cumsum": lambda x: torch.cumsum(x, 1), "cumprod": lambda x: torch.cumprod(x, 1),
     "cummax": lambda x: torch.cummax(x, 1), "cummin": lambda x: torch.cummin(x, 1),
     "logcumsumexp": lambda x: torch.logcumsumexp(x, 1), "softmax": lambda x: torch.softmax(x, 1),

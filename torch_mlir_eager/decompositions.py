@@ -588,12 +588,72 @@ def _odd(op, c):
     return decomposition
 
 
-# sin, sinh, asinh: c = -1/6, 1/6, -1/6; tan, atanh: 1/3; erf: 2/sqrt(pi) x, so only the zero.
-# IREE's expansions return +0.0 for -0.0, and sinh and atanh cancel for tiny x (sinh(-1e-37)
-# is 0).
-for _op, _c in ((aten.sin.default, 1 / 6), (aten.tan.default, 1 / 3), (aten.sinh.default, 1 / 6),
-                (aten.atanh.default, 1 / 3), (aten.erf.default, 0)):
+# sinh, asinh: c = 1/6, -1/6; atanh: 1/3; erf: 2/sqrt(pi) x, so only the zero. IREE's
+# expansions return +0.0 for -0.0, and sinh and atanh cancel for tiny x (sinh(-1e-37) is 0).
+for _op, _c in ((aten.sinh.default, 1 / 6), (aten.atanh.default, 1 / 3), (aten.erf.default, 0)):
     PROJECT_DECOMPOSITIONS[_op] = _bypassable(_op, _odd(_op, _c))
+
+
+# ---- sin, cos, tan: range reduction ------------------------------------------------------------
+# pi/2 in four pieces, the first three of 20 significant bits: k * piece is exact in float64
+# for |k| < 2**33, so x - k*pi/2 is accurate for |x| < 1.3e10.
+_HALF_PI_PIECES = (1.5707969665527344, -6.39757672615815e-07, -1.651400370616951e-13, 8.333742918520879e-20)
+
+
+def _quadrant(x):
+    """x = k pi/2 + r with |r| <= pi/4: (r, k mod 4), both float64 tensors."""
+    xd = x.to(torch.float64)
+    k = torch.round(xd * (2.0 / math.pi))
+    r = xd
+    for piece in _HALF_PI_PIECES:
+        r = r - k * piece
+    return r, k - 4.0 * torch.floor(k * 0.25)
+
+
+# Taylor coefficients of sin(r)/r and cos(r) in r^2, to r^16: below 3e-18 for |r| <= pi/4.
+_SIN_COEFFS = tuple((-1) ** n / math.factorial(2 * n + 1) for n in range(9))
+_COS_COEFFS = tuple((-1) ** n / math.factorial(2 * n) for n in range(9))
+
+
+def _horner(z, coeffs):
+    acc = torch.full_like(z, coeffs[-1])
+    for c in reversed(coeffs[:-1]):
+        acc = acc * z + c
+    return acc
+
+
+def _trig(kind):
+    # IREE's float32 sin/cos/tan reduce the argument in float32, so the error grows with |x|
+    # (sin: 3e-4 at |x| = 1e4, |sin x| > 1 at 1e8, inf at 1e20; tan NaN for huge x), are
+    # accurate only absolutely near 0 (sin(-0.0013) off by 5e-5 relative) and give +0.0 for
+    # sin(-0.0). Here: the reduction x = k pi/2 + r in float64, sin r and cos r as float64
+    # polynomials on |r| <= pi/4, rounded once: within 0.5 ulp of the true value for
+    # |x| < 1.3e10. Beyond that (float32 spacing > 1000 there) the reduction is not exact and
+    # the result, kept in [-1, 1], is not PyTorch's. IREE cannot compile float64 sin/cos/tan: those
+    # are left to the fallback.
+    def decomposition(x):
+        if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            return NotImplemented
+        r, q = _quadrant(x)
+        r2 = r * r
+        s, c = r * _horner(r2, _SIN_COEFFS), _horner(r2, _COS_COEFFS)
+        if kind == "tan":
+            out = torch.where((q == 1.0) | (q == 3.0), -c / s, s / c)
+        else:
+            if kind == "cos":  # cos(x) = sin(x + pi/2): one quadrant on
+                s, c = c, -s
+            out = torch.where(q == 0.0, s, torch.where(q == 1.0, c, torch.where(q == 2.0, -s, -c)))
+            out = torch.where(out > 1.0, 1.0, torch.where(out < -1.0, -1.0, out))  # |x| >= 1.3e10
+        if kind != "cos":
+            out = torch.where(x == 0.0, x.to(torch.float64), out)  # the sign of a zero
+        return out.to(x.dtype)
+
+    return decomposition
+
+
+for _kind in ("sin", "cos", "tan"):
+    _op = getattr(aten, _kind).default
+    PROJECT_DECOMPOSITIONS[_op] = _bypassable(_op, _trig(_kind))
 
 
 @register(aten.asinh.default)
@@ -745,3 +805,61 @@ def _register_upsample(op, spatial, exact):
 for _spatial in (1, 2, 3):
     _register_upsample(getattr(aten, f"upsample_nearest{_spatial}d").default, _spatial, False)
     _register_upsample(getattr(aten, f"_upsample_nearest_exact{_spatial}d").default, _spatial, True)
+
+
+# ---- max pooling: the index of a NaN ----------------------------------------------------------
+def _register_max_pool(op, spatial):
+    # torch-mlir pools the values with a max that keeps NaN, then takes as index the first
+    # position in the window equal to the pooled value: never one when that is NaN, so a window
+    # with a NaN gets index -1 (and max_pool backward scatters to it). PyTorch's kernel updates
+    # on `val > max || isnan(val)`: the index of the last NaN in the window. Here a second pool
+    # over the flat indices of the NaNs (-1 elsewhere) gives that index.
+    def decomposition(x, *args, **kwargs):
+        values, index = upstream(op, x, *args, **kwargs)
+        if not x.is_floating_point():
+            return values, index
+        plane = x.shape[-spatial:]
+        count = math.prod(plane)
+        pos_dtype = torch.float32 if count <= 2 ** 24 else torch.float64
+        flat = torch.arange(count, dtype=pos_dtype).reshape(plane)
+        nan_pos = torch.where(torch.isnan(x), flat, -1.0)
+        last_nan = upstream(op, nan_pos, *args, **kwargs)[0]
+        return values, torch.where(torch.isnan(values), last_nan.to(index.dtype), index)
+
+    PROJECT_DECOMPOSITIONS[op] = _bypassable(op, decomposition)
+
+
+_register_max_pool(aten.max_pool2d_with_indices.default, 2)
+_register_max_pool(aten.max_pool3d_with_indices.default, 3)
+
+
+# ---- sort and topk: where NaN goes --------------------------------------------------------------
+def _nan_largest_key(x):
+    """A key that orders like x with NaN above +inf (as PyTorch sorts): float64, with +inf moved
+    to the largest finite double and NaN to +inf. (For float64 x, a value equal to that largest
+    double ties with +inf.)"""
+    key = x.to(torch.float64)
+    key = torch.where(key == math.inf, torch.finfo(torch.float64).max, key)
+    return torch.where(torch.isnan(x), math.inf, key)
+
+
+@register(aten.sort.default)
+def _sort(x, dim=-1, descending=False):
+    # torch-mlir lowers sort to tm_tensor.sort with the comparator x <= y (>= descending),
+    # false both ways for NaN, so NaNs land anywhere (first, ascending). PyTorch sorts NaN as
+    # the largest value: last ascending, first descending. Sorting a key where that holds and
+    # gathering the values keeps upstream's (stable) sort.
+    # (aten.sort.stable has no lowering and falls back: left so.)
+    if not x.is_floating_point():
+        return NotImplemented
+    _, index = upstream(aten.sort.default, _nan_largest_key(x), dim, descending)
+    return torch.gather(x, dim, index), index
+
+
+@register(aten.topk.default)
+def _topk(x, k, dim=-1, largest=True, sorted=True):
+    # as sort (torch-mlir's topk is a sort and a slice): NaN is the largest value.
+    if not x.is_floating_point():
+        return NotImplemented
+    _, index = upstream(aten.topk.default, _nan_largest_key(x), k, dim, largest, sorted)
+    return torch.gather(x, dim, index), index
