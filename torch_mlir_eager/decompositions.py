@@ -364,10 +364,15 @@ def _fmod_float(a, b):
 # ---- logaddexp ----------------------------------------------------------------------------------
 def _make_logaddexp(op):
     # torch-mlir lowers logaddexp as max(a, b) + log1p(exp(-|a - b|)) with an ordered max and
-    # an equal-infinities fix: logaddexp(nan, inf) is inf. PyTorch: NaN.
+    # an equal-infinities fix: logaddexp(nan, inf) is inf. PyTorch: NaN. (And for float16 it
+    # computes in float16: logaddexp2(0, -7.25) off by 4%; PyTorch computes in float.)
     def decomposition(a, b):
-        r = upstream(op, a, b)
-        return torch.where(torch.isnan(a) | torch.isnan(b), math.nan, r)
+        dtype = torch.result_type(a, b)
+        if not dtype.is_floating_point:
+            return NotImplemented
+        comp = _opmath(dtype)
+        r = upstream(op, a.to(comp), b.to(comp))
+        return torch.where(torch.isnan(a) | torch.isnan(b), math.nan, r).to(dtype)
 
     return decomposition
 
@@ -459,8 +464,10 @@ def _pow_scalar(base, y):
     base = _round_to(float(base), dtype)  # the base as the kernel sees it
     comp = _pow_comp(dtype)
     y = y.to(comp)
+    if math.isnan(base):  # NaN, but 1 for y = 0 (and no exp of a NaN constant: see _c_pow)
+        return torch.where(y == 0.0, 1.0, math.nan).to(dtype)
     ax = abs(base)
-    log_ax = math.nan if math.isnan(base) else -math.inf if ax == 0 else math.log(ax)
+    log_ax = -math.inf if ax == 0 else math.log(ax)
     r = torch.exp(y * log_ax)
     if math.copysign(1.0, base) < 0:  # negative or -0.0: the sign of an odd integer power
         half = y * 0.5
@@ -510,6 +517,10 @@ def _c_pow(x, y, dtype):
     of special cases. y is a tensor, or a Python float whose cases are settled here."""
     comp = _pow_comp(dtype)
     x = x.to(comp)
+    if not isinstance(y, torch.Tensor) and math.isnan(y):
+        # 1 where x is 1, else NaN. (Not via exp(NaN * log|x|): IREE compiles exp of a product
+        # with a NaN constant to 0 or 1.)
+        return torch.where(x == 1.0, 1.0, math.nan).to(dtype)
     ax = torch.abs(x)
     r = torch.exp(y * torch.log(ax))  # right for |x| = 0 or inf, and for y = +-inf unless |x| = 1
     if isinstance(y, torch.Tensor):
@@ -527,8 +538,6 @@ def _c_pow(x, y, dtype):
             r = torch.where((x < 0.0) & (x > -math.inf), math.nan, r)
         if math.isinf(y):
             r = torch.where(ax == 1.0, 1.0, r)
-        if math.isnan(y):
-            r = torch.where(x == 1.0, 1.0, r)
     return r.to(dtype)
 
 
@@ -822,7 +831,10 @@ def _register_max_pool(op, spatial):
         count = math.prod(plane)
         pos_dtype = torch.float32 if count <= 2 ** 24 else torch.float64
         flat = torch.arange(count, dtype=pos_dtype).reshape(plane)
-        nan_pos = torch.where(torch.isnan(x), flat, -1.0)
+        # isnan * (flat + 1) - 1, not where(isnan, flat, -1): IREE miscompiles that select of a
+        # broadcast index plane fused into the pool for a float16 x (the first NaN of channel c
+        # came out as 2c).
+        nan_pos = torch.isnan(x).to(pos_dtype) * (flat + 1.0) - 1.0
         last_nan = upstream(op, nan_pos, *args, **kwargs)[0]
         return values, torch.where(torch.isnan(values), last_nan.to(index.dtype), index)
 
@@ -863,3 +875,73 @@ def _topk(x, k, dim=-1, largest=True, sorted=True):
         return NotImplemented
     _, index = upstream(aten.topk.default, _nan_largest_key(x), k, dim, largest, sorted)
     return torch.gather(x, dim, index), index
+
+
+# ---- float64 expm1 / log1p ---------------------------------------------------------------------
+_EXPM1_COEFFS = tuple(1.0 / math.factorial(n + 1) for n in range(9))
+
+
+@register(aten.expm1.default)
+def _expm1(x):
+    # IREE's float64 expm1 is exp(x) - 1: expm1(-1e-307) is 0, expm1(-0.0) is +0.0, expm1(1e-10)
+    # is off by 8e-8 relative (elu, selu and celu inherit it). Below |x| = 0.01 a Taylor
+    # polynomial x (1 + x/2 + ... + x^8/9!) instead. (float32 is right.)
+    if x.dtype != torch.float64:
+        return NotImplemented
+    return torch.where(torch.abs(x) < 0.01, x * _horner(x, _EXPM1_COEFFS), upstream(aten.expm1.default, x))
+
+
+@register(aten.log1p.default)
+def _log1p(x):
+    # IREE's float64 log1p is log(1 + x): log1p(-1e-307) is 0 and log1p(-0.0) +0.0 (xlog1py,
+    # logsigmoid and soft_margin_loss inherit it). Goldberg's log(u) * x / (u - 1) with u = 1 + x
+    # is accurate to a few ulp. (float32 is right.)
+    if x.dtype != torch.float64:
+        return NotImplemented
+    u = 1.0 + x
+    r = torch.where(u == 1.0, x, torch.log(u) * x / (u - 1.0))
+    return torch.where(x == math.inf, math.inf, r)
+
+
+@register(aten.hardsigmoid_backward.default)
+def _hardsigmoid_backward(grad, x):
+    # PyTorch's kernel multiplies by scalar_t(1.0f / 6.0f), 1/6 rounded to float32 also for
+    # double; torch-mlir uses 1/6 in the tensor's precision (float64 results differ by 3e-8).
+    if not x.is_floating_point():
+        return NotImplemented
+    dtype = torch.result_type(grad, x)
+    inside = (x > -3.0) & (x < 3.0)
+    scaled = grad.to(_opmath(dtype)) * _round_to(1.0 / 6.0, torch.float32)
+    return torch.where(inside, scaled, 0.0).to(dtype)
+
+
+# ---- reduced precision: compute in float as PyTorch does ------------------------------------
+def _in_opmath(op):
+    # torch-mlir computes these in float16/bfloat16 themselves, PyTorch's CPU kernels in float
+    # and round once: gelu(-3) in float16 was off by 8% and round(65504., decimals=1) was inf.
+    def decomposition(x, *args, **kwargs):
+        if x.dtype not in _REDUCED:
+            return NotImplemented
+        return upstream(op, x.to(torch.float32), *args, **kwargs).to(x.dtype)
+
+    return decomposition
+
+
+for _op in (aten.gelu.default, aten.round.decimals):
+    PROJECT_DECOMPOSITIONS[_op] = _bypassable(_op, _in_opmath(_op))
+
+
+@register(aten.logit.default)
+def _logit(x, eps=None):
+    # PyTorch clamps to [eps, 1 - eps] in the tensor's dtype (1 - 1e-6 is 1.0 in float16, so
+    # logit(1.) stays inf) and then computes log(x / (1 - x)) in float; torch-mlir clamps in
+    # float (logit(1., eps=1e-6) in float16 came out 13.8).
+    if not x.is_floating_point():
+        return NotImplemented
+    comp = _opmath(x.dtype)
+    xc = x.to(comp)
+    if eps is not None:
+        lo = _round_to(float(eps), x.dtype)
+        hi = _round_to(1.0 - lo, x.dtype)
+        xc = torch.where(xc < lo, lo, torch.where(xc > hi, hi, xc))
+    return torch.log(xc / (1.0 - xc)).to(x.dtype)
