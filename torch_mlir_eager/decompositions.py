@@ -10,7 +10,10 @@ A decomposition may call `upstream(op, ...)` to get the op as torch-mlir lowers 
 to keep the upstream kernel for the ordinary case and fix only the special values), and returns
 `NotImplemented` where it does not apply (say, integer inputs): the op is then traced as it is.
 
-Two things hold for every decomposition here:
+Three things hold for every decomposition here:
+- A Scalar argument of an op whose scalars may be runtime arguments (clamp, hardtanh,
+  leaky_relu, threshold_backward, div, ...: the dispatcher's list) goes into the graph as it is:
+  no Python test or arithmetic on its value, which the trace would fix for every later value.
 - It builds NaN tests with `torch.isnan`, never `x != x` or `x == x`: torch-mlir folds
   `aten.eq.Tensor(x, x)` to true (see `_eq`).
 - IREE's CPU runtime flushes denormals to zero (FTZ/DAZ) in every kernel, so no decomposition
@@ -144,13 +147,6 @@ def _tensor(x, dtype):
     return torch.scalar_tensor(x, dtype=dtype)
 
 
-def _isnan_of(bound):
-    """isnan of a clamp bound: a Python bool for a scalar, a tensor for a tensor."""
-    if isinstance(bound, torch.Tensor):
-        return torch.isnan(bound) if bound.is_floating_point() else None
-    return isinstance(bound, float) and math.isnan(bound)
-
-
 # ---- ops this project decomposes because torch-mlir has no lowering for them ------------------
 @register(aten.log10.default)
 def _log10(x):
@@ -209,20 +205,16 @@ def _eq(a, b):
 def _clamp(x, min=None, max=None):
     # torch-mlir lowers clamp with unordered compares (cmpf ult/ugt + select) and hardtanh,
     # clamp_min and clamp_max with ordered ones the other way round: clamp(nan, -1, 1) is -1.
-    # PyTorch returns NaN for a NaN input, and NaN everywhere for a NaN bound.
+    # PyTorch returns NaN for a NaN input, and NaN everywhere for a NaN bound. Keeping x where
+    # it is NaN or inside the bound, and the bound otherwise, gives both; a bound is used as it
+    # is (no test on its value here: it may be a runtime scalar).
     if not x.is_floating_point():
         return NotImplemented
     out = x
-    for bound, beyond in ((min, torch.lt), (max, torch.gt)):
-        if bound is None:
-            continue
-        nan_bound = _isnan_of(bound)
-        if nan_bound is True:  # a NaN scalar bound: NaN everywhere
-            return torch.full_like(out, math.nan)
-        take = beyond(out, bound)
-        if isinstance(nan_bound, torch.Tensor):
-            take = take | nan_bound
-        out = torch.where(take, bound, out)
+    if min is not None:
+        out = torch.where(torch.isnan(out) | (out >= min), out, min)
+    if max is not None:
+        out = torch.where(torch.isnan(out) | (out <= max), out, max)
     return out
 
 
@@ -313,34 +305,21 @@ def _div_mode(a, b, rounding_mode=None):
 
 
 def _div_floor_floating(a, b):
-    """c10::div_floor_floating, elementwise. A Python scalar b stays a Python number: tests on it
-    are made here, not in the graph (see _signbit on folded comparisons)."""
+    """c10::div_floor_floating, elementwise. A scalar b becomes a 0-d tensor: nothing here tests
+    its value in Python (div's scalar may be a runtime argument)."""
     dtype = _float_result(a, b)
     comp = _opmath(dtype)
     a = a.to(comp)
-    if isinstance(b, torch.Tensor):
-        b = b.to(comp)
-        b_neg, b_zero = b < 0.0, b == 0.0
-    else:
-        b = float(b)
-        if b == 0:
-            return (a / b).to(dtype)
-        b_neg, b_zero = b < 0, None
+    b = b.to(comp) if isinstance(b, torch.Tensor) else torch.scalar_tensor(b, dtype=comp)
     quotient = a / b
     mod = _fmod_float(a, b)
     div = (a - mod) / b
-    if isinstance(b_neg, bool):
-        adjust = (mod > 0.0) if b_neg else (mod < 0.0)
-    else:
-        adjust = (mod != 0.0) & (b_neg != (mod < 0.0))
-    div = torch.where(adjust, div - 1.0, div)
+    div = torch.where((mod != 0.0) & ((b < 0.0) != (mod < 0.0)), div - 1.0, div)
     floordiv = torch.floor(div)
     floordiv = torch.where(div - floordiv > 0.5, floordiv + 1.0, floordiv)
     signed_zero = torch.where(_signbit(quotient), -0.0, 0.0)
     floordiv = torch.where(div != 0.0, floordiv, signed_zero)
-    if b_zero is not None:
-        floordiv = torch.where(b_zero, quotient, floordiv)
-    return floordiv.to(dtype)
+    return torch.where(b == 0.0, quotient, floordiv).to(dtype)
 
 
 @register(aten.fmod.Tensor, aten.fmod.Scalar)
@@ -353,11 +332,12 @@ def _fmod(a, b):
         return NotImplemented
     dtype = _float_result(a, b)
     comp = _opmath(dtype)
-    return _fmod_float(a.to(comp), b.to(comp) if isinstance(b, torch.Tensor) else float(b)).to(dtype)
+    b = b.to(comp) if isinstance(b, torch.Tensor) else torch.scalar_tensor(b, dtype=comp)
+    return _fmod_float(a.to(comp), b).to(dtype)
 
 
 def _fmod_float(a, b):
-    r = torch.remainder(torch.abs(a), torch.abs(b) if isinstance(b, torch.Tensor) else abs(b))
+    r = aten.remainder.Tensor(torch.abs(a), torch.abs(b))
     return torch.where(_signbit(a), -r, r)
 
 
@@ -720,15 +700,15 @@ def _copysign_scalar(a, b):
 def _threshold_backward(grad, self, threshold):
     # PyTorch's decomposition, where(self <= threshold, 0, grad), has grad's dtype; the CPU
     # kernel is a TensorIterator over (self, grad) that promotes them: an integer grad with a
-    # float self gives a float result (and compares in that dtype, with the threshold converted
-    # to it).
+    # float self gives a float result (and it compares in that dtype, with the threshold
+    # converted to it: rounded, or truncated to an integer).
     dtype = torch.result_type(grad, self)
-    if dtype.is_floating_point:
-        limit = _round_to(float(threshold), dtype)
-    elif dtype == torch.bool:
+    if dtype == torch.bool:
         return NotImplemented
+    if dtype.is_floating_point:
+        limit = torch.scalar_tensor(threshold, dtype=dtype)
     else:
-        limit = int(threshold)  # C++'s conversion: truncation
+        limit = torch.trunc(torch.scalar_tensor(threshold, dtype=torch.float64)).to(dtype)
     zero = torch.scalar_tensor(0, dtype=dtype)
     return torch.where(self.to(dtype) <= limit, zero, grad.to(dtype))
 
