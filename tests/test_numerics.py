@@ -255,3 +255,7 @@ case("upsample_nearest_scale_2.1",
      lambda t2, t3: (F.interpolate(t2, scale_factor=(2.3, 2.1), mode="nearest"),
                      F.interpolate(t3, scale_factor=(2.1, 1.5, 0.7), mode="nearest")),
      torch.arange(25.0).reshape(1, 1, 5, 5), torch.arange(60.0).reshape(1, 1, 4, 3, 5))
+# The backward kernel takes the same shortcut (in 1d and 3d too, unlike the forward).
+case("upsample_nearest2d_backward_scale_2.1",
+     lambda g: aten.upsample_nearest2d_backward(g, [11, 10], [1, 2, 5, 5], 2.3, 2.1),
+     torch.arange(220.0).reshape(1, 2, 11, 10) % 7)

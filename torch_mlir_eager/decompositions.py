@@ -161,6 +161,8 @@ def _erfc(x):
     # the continued fraction erfc(x) = exp(-x^2)/sqrt(pi) / (x + 1/2/(x + 1/(x + 3/2/(x + ...))))
     # in float64 (60 terms: 3e-9 at x = 1); below it 1 - erf(x), which loses at most a factor
     # 6.4 there. IREE cannot compile a float64 erf, so float64 inputs are left to the fallback.
+    if not x.is_floating_point() and not x.is_complex():
+        x = x.to(torch.get_default_dtype())  # integers: erfc of their float value
     if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         return NotImplemented
     z = x.to(torch.float64)
@@ -367,7 +369,7 @@ def _neg(x):
     # torch-mlir lowers integer neg through f32 (sitofp, negf, fptosi): neg(16777217) is
     # -16777216 and neg(2**31 - 1) is -2**31. Multiplying by -1 stays in integers (and wraps
     # at the minimum, as PyTorch does).
-    if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+    if x.dtype not in (torch.int32, torch.int64):  # float32 holds every smaller integer exactly
         return NotImplemented
     return torch.mul(x, -1)
 
@@ -925,3 +927,37 @@ def _logit(x, eps=None):
         hi = _round_to(1.0 - lo, x.dtype)
         xc = torch.where(xc < lo, lo, torch.where(xc > hi, hi, xc))
     return torch.log(xc / (1.0 - xc)).to(x.dtype)
+
+
+def _upsample_nearest_backward(grad, output_size, input_size, scales, exact):
+    # Each output gradient added to the input element it maps to, by PyTorch's index arithmetic.
+    # PyTorch's backward kernels take the 1x / 2x shortcuts in 1d, 2d and 3d alike (measured:
+    # its 1d and 3d backward are not the adjoint of its forward there). torch-mlir's
+    # decomposition of the 2d backward takes none, and its 1d / 3d backward do not lower.
+    spatial = len(output_size)
+    comp = _opmath(grad.dtype)
+    lead = list(input_size[:-spatial])
+    rows = math.prod(lead)
+    flat_index = None
+    for d in range(spatial):
+        i = _nearest_source_index(input_size[-spatial + d], output_size[d], scales[d], exact,
+                                  shortcuts=not exact)
+        i = i.reshape((-1,) + (1,) * (spatial - 1 - d))
+        flat_index = i if flat_index is None else flat_index * input_size[-spatial + d] + i
+    plane = math.prod(input_size[-spatial:])
+    out = torch.zeros((rows, plane), dtype=comp)
+    out = out.index_add(1, flat_index.reshape(-1), grad.to(comp).reshape(rows, -1))
+    return out.reshape(list(input_size)).to(grad.dtype)
+
+
+def _register_upsample_backward(op, spatial, exact):
+    def decomposition(grad, output_size, input_size, *scales):
+        scales = list(scales) + [None] * (spatial - len(scales))
+        return _upsample_nearest_backward(grad, list(output_size), list(input_size), scales, exact)
+
+    PROJECT_DECOMPOSITIONS[op] = _bypassable(op, decomposition)
+
+
+for _spatial in (1, 2, 3):
+    _register_upsample_backward(getattr(aten, f"upsample_nearest{_spatial}d_backward").default, _spatial, False)
+    _register_upsample_backward(getattr(aten, f"_upsample_nearest_exact{_spatial}d_backward").default, _spatial, True)
