@@ -31,7 +31,6 @@ import threading
 import torch
 
 aten = torch.ops.aten
-prims = torch.ops.prims
 
 PROJECT_DECOMPOSITIONS: dict = {}
 
@@ -59,10 +58,13 @@ def register(*ops):
 def _bypassable(op, fn):
     @functools.wraps(fn)
     def decomposition(*args, **kwargs):
-        if op in _bypassed():  # inside upstream(op, ...): what torch-mlir would do
-            previous = _torch_mlir_table().get(op)
-            return previous(*args, **kwargs) if previous is not None else NotImplemented
-        return fn(*args, **kwargs)
+        if op not in _bypassed():
+            r = fn(*args, **kwargs)
+            if r is not NotImplemented:
+                return r
+        # inside upstream(op, ...), or declined: what torch-mlir does with op
+        previous = _torch_mlir_table().get(op)
+        return previous(*args, **kwargs) if previous is not None else NotImplemented
 
     return decomposition
 
@@ -113,8 +115,8 @@ def _signbit(x):
 
     Comparisons here and everywhere in this module use float literals (`x < 0.0`): torch-mlir's
     canonicalizer folds aten.lt/gt/eq.Scalar of a constant float tensor and an *int* scalar
-    to a wrong, per-process random answer. And tests on Python scalars are made in Python, not
-    on a constant tensor in the graph."""
+    to a wrong answer that changes from process to process (a scalar made a 0-d tensor in the
+    graph is such a constant)."""
     return (x < 0.0) | (torch.reciprocal(x) < 0.0)
 
 
@@ -334,12 +336,16 @@ def _fmod(a, b):
         return NotImplemented
     dtype = _float_result(a, b)
     comp = _opmath(dtype)
-    b = b.to(comp) if isinstance(b, torch.Tensor) else torch.scalar_tensor(b, dtype=comp)
-    return _fmod_float(a.to(comp), b).to(dtype)
+    # (fmod keeps its scalar in the key, so a Python b may stay a number: remainder by a
+    # number links for float64, remainder by a float64 tensor does not)
+    return _fmod_float(a.to(comp), b.to(comp) if isinstance(b, torch.Tensor) else float(b)).to(dtype)
 
 
 def _fmod_float(a, b):
-    r = aten.remainder.Tensor(torch.abs(a), torch.abs(b))
+    if isinstance(b, torch.Tensor):
+        r = aten.remainder.Tensor(torch.abs(a), torch.abs(b))
+    else:
+        r = aten.remainder.Scalar(torch.abs(a), abs(b))
     return torch.where(_signbit(a), -r, r)
 
 
@@ -881,7 +887,7 @@ def _log1p(x):
     if x.dtype != torch.float64:
         return NotImplemented
     u = 1.0 + x
-    r = torch.where(u == 1.0, x, torch.log(u) * x / (u - 1.0))
+    r = torch.where(u == 1.0, x, torch.log(u) * (x / (u - 1.0)))
     return torch.where(x == math.inf, math.inf, r)
 
 
@@ -899,12 +905,15 @@ def _hardsigmoid_backward(grad, x):
 
 # ---- reduced precision: compute in float as PyTorch does ------------------------------------
 def _in_opmath(op):
-    # torch-mlir computes these in float16/bfloat16 themselves, PyTorch's CPU kernels in float
-    # and round once: gelu(-3) in float16 was off by 8% and round(65504., decimals=1) was inf.
-    def decomposition(x, *args, **kwargs):
-        if x.dtype not in _REDUCED:
+    # torch-mlir computes these in float16/bfloat16 step by step, PyTorch's CPU kernels in
+    # float, rounding once: gelu(-3) in float16 was off by 8%, round(65504., decimals=1) was inf.
+    def decomposition(*args, **kwargs):
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        if not any(t.dtype in _REDUCED for t in tensors):
             return NotImplemented
-        return upstream(op, x.to(torch.float32), *args, **kwargs).to(x.dtype)
+        dtype = tensors[0].dtype
+        up = [a.to(torch.float32) if isinstance(a, torch.Tensor) and a.dtype in _REDUCED else a for a in args]
+        return upstream(op, *up, **kwargs).to(dtype)
 
     return decomposition
 
