@@ -20,6 +20,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from .decompositions import PROJECT_DECOMPOSITIONS
 from .recipe import StepError
 
 
@@ -38,34 +39,16 @@ def _core_aten_decompositions():
     return dict(core_aten_decompositions())
 
 
-def _log10(x):
-    return torch.log(x) * 0.4342944819032518  # IREE 3.13 cannot link log10f on llvm-cpu
-
-
-def _erfc(x):
-    return 1 - torch.erf(x)  # torch-mlir has no erfc; PyTorch's decomposition leaves prims.erfc
-
-
-def _hypot(a, b):
-    return torch.sqrt(a * a + b * b)  # torch-mlir has no hypot; PyTorch's leaves prims.hypot
-
-
-# Decompositions of this project's own, for ops whose direct lowering fails downstream.
-PROJECT_DECOMPOSITIONS = {
-    torch.ops.aten.log10.default: _log10,
-    torch.ops.aten.erfc.default: _erfc,
-    torch.ops.aten.hypot.default: _hypot,
-}
-
-
 def decomposition_attempts(func) -> list:
-    """The decomposition tables to try, in order: torch-mlir's (what its FX path uses), then
-    with PyTorch's core-ATen decomposition of `func`, then with any PyTorch decomposition of
-    `func` (those may leave prims ops, which torch-mlir lowers only in part)."""
+    """The decomposition tables to try, in order: torch-mlir's (what its FX path uses) with this
+    project's over it (`decompositions.py`), then with PyTorch's core-ATen decomposition of
+    `func`, then with any PyTorch decomposition of `func` (those may leave prims ops, which
+    torch-mlir lowers only in part). A project decomposition that does not apply to a call
+    (it returns NotImplemented, say for integers) leaves the op to the later attempts too."""
     base = dict(torch_mlir_decompositions())
     base.update(PROJECT_DECOMPOSITIONS)
     attempts = [base]
-    if not isinstance(func, torch._ops.OpOverload) or func in base:
+    if not isinstance(func, torch._ops.OpOverload) or func in torch_mlir_decompositions():
         return attempts
     from torch._decomp import decomposition_table
 
