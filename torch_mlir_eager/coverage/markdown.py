@@ -194,11 +194,12 @@ def _differential(w, summ):
         w("")
     minor = summ.get("minor_differences") or []
     if minor:
-        w("## Strides, signs of zeros and subnormals\n")
+        w("## Strides, signs of zeros, subnormals and native's two loops\n")
         w("Values agree, but an output native lays out densely in a non-default order has other strides "
           "(`strides`), a zero has the other sign (`zero_signs`), or an input or result below the smallest "
-          "normal float is treated differently (`subnormals`: typically flushed to zero). These matter less "
-          "than values and make no guard.\n")
+          "normal float is treated differently (`subnormals`: typically flushed to zero), or PyTorch's own "
+          "vectorized and scalar loops disagree and the backend gives the scalar loop's answer "
+          "(`native_paths`). These matter less than values and make no guard.\n")
         w("| entry | dtype | column | kind | case | detail |")
         w("|---|---|---|---|---|---|")
         for m in minor:

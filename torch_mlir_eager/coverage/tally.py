@@ -15,7 +15,7 @@ STATES = ("ok", "partial", "fallback", "mismatch", "error", "n/a")
 _STATE_OF_CLASS = {"compiled": "ok", "skipped": "n/a"}
 MAX_NOTES = 5
 # Differences reported apart from mismatches (they matter less, and make no guard).
-MINOR_KINDS = ("strides", "zero_signs", "subnormals")
+MINOR_KINDS = ("strides", "zero_signs", "subnormals", "native_paths")
 
 
 class ColumnTally:
