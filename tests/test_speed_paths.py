@@ -46,8 +46,10 @@ def test_every_cpu_driver_gives_native_results(driver, stats):
     assert got.iree_device.driver == driver and stats()["fallback_calls"] == 0
 
 
-def test_the_default_device_is_hybrid():
-    assert torch_mlir_eager.default_device() in ("hybrid",) or "TORCH_MLIR_EAGER_DEVICE" in __import__("os").environ
+def test_the_default_device_is_hybrid(monkeypatch):
+    monkeypatch.delenv("TORCH_MLIR_EAGER_DEVICE", raising=False)
+    assert torch_mlir_eager.default_device() == "hybrid"
+    assert TorchMLIRTensor(torch.ones(2)).iree_device.driver == "hybrid"
 
 
 # ---- eager decompositions -------------------------------------------------------------------------

@@ -641,3 +641,146 @@ def test_validation_does_not_compare_uninitialised_memory(stats):
     finally:
         torch_mlir_eager.set_validate(False)
     assert stats()["validation_mismatches"] == 0
+
+
+# ---- found by the cold review: crashes and silent wrong numbers ---------------------------------
+AS_STRIDED_OUT_OF_STORAGE = {
+    "read_past_the_end": lambda x: (x.as_strided((10,), (1,)) * 2),
+    "huge_read": lambda x: x.as_strided((50_000_000,), (1,)).sum(),
+    "offset_past_the_end": lambda x: x.as_strided((4,), (1,), 1_000_000).fill_(7.0),
+    "in_place_as_strided_": lambda x: x.as_strided_((5,), (1,)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(AS_STRIDED_OUT_OF_STORAGE))
+def test_views_outside_the_storage_raise_like_pytorch(name, stats):
+    # these read or wrote past the device buffer: garbage, or the process died (SIGSEGV)
+    fn = AS_STRIDED_OUT_OF_STORAGE[name]
+    with pytest.raises(RuntimeError, match="out of bounds for storage") as native:
+        fn(torch.arange(4.0))
+    with pytest.raises(RuntimeError, match="out of bounds for storage") as device:
+        fn(dev(torch.arange(4.0)))
+    assert type(device.value) is type(native.value)
+    ok = dev(torch.arange(4.0)).as_strided((2,), (1,), 2)  # inside: still a view
+    same(ok, torch.arange(4.0).as_strided((2,), (1,), 2))
+
+
+@pytest.mark.parametrize("spatial", [2, 3])
+def test_adaptive_max_pool_with_nan_gives_pytorchs_value_index_and_gradient(spatial, stats):
+    # torch-mlir's kernel gave index -1 (2d), and the native backward then wrote out of bounds
+    # (SIGSEGV); in 3d it dropped the NaN
+    x = torch.tensor([1.0, float("nan"), 3.0, 2.0]).view((1, 1) + (1,) * (spatial - 2) + (2, 2))
+    pool = getattr(F, f"adaptive_max_pool{spatial}d")
+    xn, xd = x.clone().requires_grad_(), dev(x).requires_grad_()
+    (vn, in_), (vd, id_) = pool(xn, 1, return_indices=True), pool(xd, 1, return_indices=True)
+    same(vd, vn.detach())
+    same(id_, in_)
+    vn.sum().backward()
+    vd.sum().backward()
+    same(xd.grad, xn.grad)
+    assert stats()["fallbacks"][f"aten.adaptive_max_pool{spatial}d.default"]["step"] == "guard"
+
+
+@pytest.mark.parametrize("spatial", [2, 3])
+@pytest.mark.parametrize("batched", [False, True])
+def test_max_pool_gives_the_index_of_a_windows_last_nan(spatial, batched, stats):
+    # PyTorch's kernel takes the last NaN of a window; unbatched 3d pooling gave the first
+    x = torch.arange(32.0).view(2, 4, 4)
+    x[0, 0, 0] = x[0, 0, 1] = x[1, 2, 3] = x[1, 3, 3] = float("nan")
+    x = x.view((1,) * (spatial - 2) + (2, 4, 4)) if spatial == 2 else x.view(1, 2, 4, 4)
+    x = x.unsqueeze(0) if batched else x
+    pool = getattr(F, f"max_pool{spatial}d")
+    kernel = 2 if spatial == 2 else (1, 2, 2)
+    vn, in_ = pool(x, kernel, return_indices=True)
+    vd, id_ = pool(dev(x), kernel, return_indices=True)
+    no_fallback(stats())
+    same(vd, vn)
+    same(id_, in_)
+
+
+U8 = torch.tensor([0, 1, 127, 128, 200, 255], dtype=torch.uint8)
+UINT8_NUMERIC = {  # torch-mlir read uint8 as signed: 200 > 128 was False, 200 / 255 < 0, sum -57
+    "gt": lambda u: u > 128,
+    "eq": lambda u: u == 200,
+    "div": lambda u: u / 255,
+    "sum": lambda u: u.sum(),
+    "sum_float": lambda u: u.sum(dtype=torch.float32),
+    "abs": lambda u: u.abs(),
+    "sort": lambda u: u.sort().values,
+    "max": lambda u: u.max(),
+    "to_uint8": lambda u: (u.float() * 1.0).to(torch.uint8),
+}
+UINT8_BYTES = {  # ops that only move bytes: compiled, and right
+    "clone": lambda u: u.clone(),
+    "cat": lambda u: torch.cat([u, u.flip(0)]),
+    "where": lambda u: torch.where(torch.tensor([True, False] * 3, device=u.device), u, u.flip(0)),
+    "fill": lambda u: u.clone().fill_(200),
+    "to_float": lambda u: u.float(),
+}
+
+
+@pytest.mark.parametrize("name", sorted(UINT8_NUMERIC))
+def test_uint8_arithmetic_matches_native(name, stats):
+    fn = UINT8_NUMERIC[name]
+    same(fn(dev(U8)), fn(U8))
+    assert "guard" in {v["step"] for v in stats()["fallbacks"].values()}
+
+
+@pytest.mark.parametrize("name", sorted(UINT8_BYTES))
+def test_uint8_data_movement_runs_compiled(name, stats):
+    fn = UINT8_BYTES[name]
+    got = fn(dev(U8))
+    no_fallback(stats())
+    assert stats()["compiled_calls"] + stats()["metadata_calls"] > 0  # clone of a dense tensor: metadata
+    same(got, fn(U8))
+
+
+INTEGER_DIVISIONS = {
+    "floor_divide": lambda a, b: a // b,
+    "div_trunc": lambda a, b: torch.div(a, b, rounding_mode="trunc"),
+    "div_floor": lambda a, b: torch.div(a, b, rounding_mode="floor"),
+    "remainder": lambda a, b: a % b,
+    "fmod": lambda a, b: torch.fmod(a, b),
+}
+
+
+@pytest.mark.parametrize("name", sorted(INTEGER_DIVISIONS))
+def test_integer_division_by_zero_raises_like_pytorch(name, stats):
+    fn = INTEGER_DIVISIONS[name]
+    a, b = torch.tensor([5, -7, 3]), torch.tensor([2, 2, 1])
+    same(fn(dev(a), 2), fn(a, 2))  # a non-zero scalar divisor: compiled (torch-mlir cannot lower fmod's)
+    assert stats()["compiled_calls"] == 1 and stats()["fallback_calls"] == 0 or name == "fmod"
+    for divisor in (torch.tensor([0, 2, 1]), 0):  # the scalar after a compiled call with 2
+        with pytest.raises(RuntimeError, match="ZeroDivisionError") as native:
+            fn(a, divisor)
+        with pytest.raises(RuntimeError, match="ZeroDivisionError") as device:
+            fn(dev(a), dev(divisor) if isinstance(divisor, torch.Tensor) else divisor)
+        assert type(device.value) is type(native.value)
+    same(fn(dev(a), dev(b)), fn(a, b))
+    same(fn(dev(a), 0.0), fn(a, 0.0))  # a float divisor: inf and nan, no error
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_reduced_precision_mul_and_div_keep_a_python_scalar_in_float(dtype, stats):
+    # torch-mlir rounded the scalar to the tensor's dtype: h * 70000.0 was inf, h * 1e-5 zero
+    h = torch.tensor([0.001, 1.0, -2.0, 65504.0, 3.3, -0.7], dtype=dtype)
+    for fn in (lambda x: x * 70000.0, lambda x: x * 1e-5, lambda x: x / 70000.0, lambda x: x * 1.7,
+               lambda x: x - 1e-3, lambda x: torch.add(x, 0.3)):
+        got = fn(dev(h))
+        same(got, fn(h))
+    no_fallback(stats())
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.int16, torch.int32, torch.int64])
+def test_integer_negation_wraps_at_the_minimum(dtype, stats):
+    info = torch.iinfo(dtype)
+    x = torch.tensor([0, 1, -1, info.min, info.max, 100], dtype=dtype)
+    got = -dev(x)
+    no_fallback(stats())
+    same(got, -x)
+
+
+def test_format_of_a_zero_dim_tensor(stats):
+    assert f"{dev(torch.tensor(2.5)):.2f}" == f"{torch.tensor(2.5):.2f}" == "2.50"
+    assert f"{dev(torch.tensor(3)):d}" == "3"
+    assert stats()["host_transfers"] == 2

@@ -100,10 +100,17 @@ FUSED = {
 @functools.lru_cache(maxsize=None)
 def decomposition_for(func):
     """A decomposition to run eagerly for `func`, or None. Only decompositions into other aten
-    ops: PyTorch's references (torch._refs) are written in prims, the same ops one level down."""
+    ops: PyTorch's references (torch._refs) are written in prims, the same ops one level down.
+    None for ops decompositions.py decomposes itself: PyTorch's decompositions of them give other
+    numbers than its kernels."""
     if func in FUSED:
         return FUSED[func]
     from torch._decomp import decomposition_table
+
+    from .decompositions import PROJECT_DECOMPOSITIONS
+
+    if func in PROJECT_DECOMPOSITIONS:  # its kernel is this project's because PyTorch's decomposition
+        return None                     # differs from its CPU kernel (NaN, inf, dtypes): native
 
     decomposition = decomposition_table.get(func)
     if decomposition is None or getattr(decomposition, "__module__", "").startswith("torch._refs"):

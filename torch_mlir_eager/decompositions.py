@@ -33,6 +33,9 @@ import torch
 aten = torch.ops.aten
 
 PROJECT_DECOMPOSITIONS: dict = {}
+# Ops whose kernel must come from the decomposition here or not at all: PyTorch's own
+# decompositions of them (the lowering's later attempts) give other numbers.
+SOLE_DECOMPOSITIONS: set = set()
 
 _state = threading.local()
 
@@ -375,9 +378,11 @@ def _neg(x):
     # torch-mlir lowers integer neg through f32 (sitofp, negf, fptosi): neg(16777217) is
     # -16777216 and neg(2**31 - 1) is -2**31. Multiplying by -1 stays in integers (and wraps
     # at the minimum, as PyTorch does).
-    if x.dtype not in (torch.int32, torch.int64):  # float32 holds every smaller integer exactly
-        return NotImplemented
-    return torch.mul(x, -1)
+    if x.dtype in (torch.int32, torch.int64):
+        return torch.mul(x, -1)
+    if x.dtype in (torch.int8, torch.int16):  # through f32, neg(-32768) came out 32767
+        return torch.bitwise_not(x) + 1  # two's complement, wrapping at the minimum
+    return NotImplemented
 
 
 # ---- argmax / argmin and max.dim / min.dim: the index of a NaN --------------------------------
@@ -812,6 +817,9 @@ def _register_max_pool(op, spatial):
     # on `val > max || isnan(val)`: the index of the last NaN in the window. Here a second pool
     # over the flat indices of the NaNs (-1 elsewhere) gives that index.
     def decomposition(x, *args, **kwargs):
+        if x.dim() == spatial + 1:  # unbatched: as a batch of one (the 3d index came out wrong)
+            values, index = decomposition(x.unsqueeze(0), *args, **kwargs)
+            return values.squeeze(0), index.squeeze(0)
         values, index = upstream(op, x, *args, **kwargs)
         if not x.is_floating_point():
             return values, index
@@ -831,6 +839,8 @@ def _register_max_pool(op, spatial):
 
 _register_max_pool(aten.max_pool2d_with_indices.default, 2)
 _register_max_pool(aten.max_pool3d_with_indices.default, 3)
+# PyTorch's decomposition gives a window's first NaN (argmax of isnan), its kernel the last.
+SOLE_DECOMPOSITIONS.update((aten.max_pool2d_with_indices.default, aten.max_pool3d_with_indices.default))
 
 
 # ---- sort and topk: where NaN goes --------------------------------------------------------------
@@ -984,3 +994,22 @@ def _register_upsample_backward(op, spatial, exact):
 for _spatial in (1, 2, 3):
     _register_upsample_backward(getattr(aten, f"upsample_nearest{_spatial}d_backward").default, _spatial, False)
     _register_upsample_backward(getattr(aten, f"_upsample_nearest_exact{_spatial}d_backward").default, _spatial, True)
+
+
+# ---- reduced precision with a Python scalar ---------------------------------------------------
+def _with_scalar_in_opmath(op):
+    # PyTorch's CPU mul and div keep a Python scalar operand in float (opmath) for float16 and
+    # bfloat16 tensors: h * 70000.0 is 70 for h = 0.001, h * 1e-5 is 1e-5 for h = 1. torch-mlir
+    # rounds the scalar to the tensor's dtype first (inf, 0).
+    def decomposition(a, b, *rest, **kwargs):
+        if not (isinstance(a, torch.Tensor) and a.dtype in _REDUCED and isinstance(b, (int, float))
+                and not isinstance(b, bool)):
+            return NotImplemented
+        return upstream(op, a.to(torch.float32), b, *rest, **kwargs).to(a.dtype)
+
+    return decomposition
+
+
+# (add and sub round the scalar to the tensor's dtype in PyTorch too: only mul and div keep it.)
+for _op in (aten.mul.Tensor, aten.mul.Scalar, aten.div.Tensor, aten.div.Scalar):
+    PROJECT_DECOMPOSITIONS[_op] = _bypassable(_op, _with_scalar_in_opmath(_op))

@@ -8,7 +8,7 @@
                  host copies, written arguments uploaded back (fallback.py)
       otherwise  run_op:
                  key    the op + argument metadata + scalars (keys.py; nothing is built)
-                 guard  a known-wrong kernel for these dtypes (guards.py)       -> fallback
+                 guard  a known-wrong kernel for these dtypes or values (guards.py) -> fallback
                  entry  cache[key]; a miss builds a Kernel or a Fallback
                         (compile_service.py: a compile worker runs compiler.py)
                  Kernel    its index inputs are bounds-checked (bounds.py); it runs on the
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from torch.utils._pytree import tree_unflatten
 
-from . import bounds, compile_service, decomposed, runners, special, views
+from . import bounds, compile_service, decomposed, guards, runners, special, views
 from .buffers import dense_buffer, take_host_work_note, write
 from .config import config
 from .fallback import run_native
@@ -77,7 +77,8 @@ def _runnable(func, kind) -> bool:
     ok = _RUNNABLE.get(func)
     if ok is None:
         ok = _RUNNABLE[func] = (kind.kind not in (VIEW, NATIVE) and not kind.inplace_view
-                                and kind.guard is None and special.handler_for(func, kind) is None)
+                                and kind.guard is None and special.handler_for(func, kind) is None
+                                and not guards.is_value_checked(func))
     return ok
 
 
@@ -87,8 +88,15 @@ def run_op(func, kind, args, kwargs, fast=None):
         return run_native(func, kind, args, kwargs), host_only_outcome(call)
     if kind.guard is not None and kind.guard.applies(call.tensors):
         return run_native(func, kind, args, kwargs), Fallback("guard", kind.guard.reason)
+    problem = guards.call_guard(func, call)  # uint8, integer division by zero
+    if problem is not None:
+        return run_native(func, kind, args, kwargs), Fallback("guard", problem)
     entry, key = lookup(call)
     if isinstance(entry, Kernel):
+        if entry.plan.uint8_out:
+            problem = guards.call_guard(func, call, tuple(spec.dtype for spec in entry.plan.out_specs))
+            if problem is not None:
+                return run_native(func, kind, args, kwargs), Fallback("guard", problem)
         if kind.bounds:
             problem = bounds.violation(kind, call)
             if problem is not None:  # PyTorch raises its own error (or gives its own result)

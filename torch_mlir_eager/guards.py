@@ -14,6 +14,8 @@ import json
 import os
 from dataclasses import dataclass
 
+import torch
+
 GUARDS_FILE = os.path.join(os.path.dirname(__file__), "guards.json")
 
 
@@ -51,3 +53,65 @@ def load(path: str = GUARDS_FILE) -> dict:
 
 def for_op(name: str) -> Guard | None:
     return load().get(name)
+
+
+# ---- guards by the values and dtypes of a call ------------------------------------------------
+# torch-mlir lowers uint8 as a signless 8-bit integer with signed semantics (comparisons,
+# extension, conversion to float, sums: 200 > 128 is False, 200 / 255 < 0), so only ops that
+# move bytes without reading them as numbers run compiled on uint8; the rest run natively.
+_UNSIGNED_SAFE = frozenset({
+    "clone", "copy", "copy_", "_to_copy", "cat", "stack", "constant_pad_nd", "flip", "roll", "repeat",
+    "index_select", "gather", "index", "index_put", "index_put_", "_index_put_impl_", "where", "masked_fill",
+    "masked_fill_", "fill", "fill_", "zeros_like", "empty_like", "full_like", "ones_like", "slice_scatter",
+    "select_scatter", "permute_copy", "expand_copy", "transpose_copy", "t_copy", "view_copy", "_unsafe_view",
+    "squeeze_copy", "unsqueeze_copy", "narrow_copy", "as_strided_copy", "slice_copy", "select_copy",
+    "upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d", "_upsample_nearest_exact1d",
+    "_upsample_nearest_exact2d", "_upsample_nearest_exact3d", "zeros", "empty", "full", "new_zeros",
+    "new_empty", "new_full", "empty_strided", "new_empty_strided", "contiguous", "reshape",
+})
+_BYTE_MOVING_DTYPES = frozenset({torch.uint8, torch.bool, torch.int64, torch.int32})
+UNSIGNED_REASON = "uint8 runs natively: torch-mlir lowers it with signed integer semantics"
+
+# Integer division by zero: PyTorch raises ZeroDivisionError, a kernel returns garbage.
+_INTEGER_DIVISION = frozenset({"floor_divide", "floor_divide_", "remainder", "remainder_", "fmod", "fmod_"})
+_DIV = frozenset({"div", "div_"})
+ZERO_DIVISION_REASON = "integer division by a tensor runs natively (PyTorch raises on a zero divisor)"
+
+
+def is_value_checked(func) -> bool:
+    """Whether calls of `func` need `call_guard` on every call (no runner may skip it)."""
+    name = func._opname if hasattr(func, "_opname") else ""
+    return name in _INTEGER_DIVISION or name in _DIV
+
+
+def call_guard(func, call, out_dtypes=()) -> str | None:
+    """The reason this call must run natively, for its dtypes or values; None when it may run
+    compiled."""
+    tensors = call.tensors
+    name = func._opname
+    if any(t.dtype is torch.uint8 for t in tensors) or torch.uint8 in out_dtypes:
+        if name not in _UNSIGNED_SAFE or not all(t.dtype in _BYTE_MOVING_DTYPES for t in tensors) or not all(
+                d in _BYTE_MOVING_DTYPES for d in out_dtypes):
+            return UNSIGNED_REASON
+    if name in _INTEGER_DIVISION or (name in _DIV and call.kwargs.get("rounding_mode") is not None):
+        return _zero_division(call)
+    return None
+
+
+def _zero_division(call):
+    args = call.args
+    if len(args) < 2:
+        return None
+    a, b = args[0], args[1]
+    dividend_int = not isinstance(a, torch.Tensor) or not (a.is_floating_point() or a.is_complex())
+    if isinstance(a, (float, complex)):
+        dividend_int = False
+    if isinstance(b, torch.Tensor):
+        if b.is_floating_point() or b.is_complex() or not dividend_int:
+            return None
+        if b.dim() == 0 and b.device.type == "cpu":
+            return ZERO_DIVISION_REASON if int(b) == 0 else None
+        return ZERO_DIVISION_REASON
+    if isinstance(b, bool) or (isinstance(b, int) and dividend_int):
+        return ZERO_DIVISION_REASON if b == 0 else None
+    return None

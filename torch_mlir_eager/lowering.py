@@ -20,7 +20,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from .decompositions import PROJECT_DECOMPOSITIONS
+from .decompositions import PROJECT_DECOMPOSITIONS, SOLE_DECOMPOSITIONS
 from .recipe import StepError
 
 
@@ -44,11 +44,12 @@ def decomposition_attempts(func) -> list:
     project's over it (`decompositions.py`), then with PyTorch's core-ATen decomposition of
     `func`, then with any PyTorch decomposition of `func` (those may leave prims ops, which
     torch-mlir lowers only in part). A project decomposition that does not apply to a call
-    (it returns NotImplemented, say for integers) leaves the op to the later attempts too."""
+    (it returns NotImplemented, say for integers) leaves the op to the later attempts too, unless
+    PyTorch's decompositions of the op are known to give other numbers (`SOLE_DECOMPOSITIONS`)."""
     base = dict(torch_mlir_decompositions())
     base.update(PROJECT_DECOMPOSITIONS)
     attempts = [base]
-    if not isinstance(func, torch._ops.OpOverload) or func in torch_mlir_decompositions():
+    if not isinstance(func, torch._ops.OpOverload) or func in torch_mlir_decompositions() or func in SOLE_DECOMPOSITIONS:
         return attempts
     from torch._decomp import decomposition_table
 

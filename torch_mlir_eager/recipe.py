@@ -123,13 +123,20 @@ class OutputPlan:
     def single_fresh(self) -> bool:
         return self.leaves == [("out", 0)] and self.tree.num_leaves == 1 and self.tree.is_leaf()
 
+    @functools.cached_property
+    def uint8_out(self) -> bool:
+        import torch
+
+        return any(spec.dtype is torch.uint8 for spec in self.out_specs)
+
     @property
     def num_outputs(self):
         return len(self.live_outputs) + len(self.live_writes)
 
-    def __getstate__(self):  # the cached property is not part of the data
+    def __getstate__(self):  # the cached properties are not part of the data
         state = dict(self.__dict__)
         state.pop("single_fresh", None)
+        state.pop("uint8_out", None)
         return state
 
 

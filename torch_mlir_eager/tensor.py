@@ -379,6 +379,11 @@ class TorchMLIRTensor(torch.Tensor):
             return body[:-1] + f", {extra})"
         return body
 
+    def __format__(self, spec):  # f"{t:.2f}" of a 0-d tensor formats its value, as PyTorch's does
+        if self.dim() == 0:
+            return self.item().__format__(spec)
+        return object.__format__(self, spec)
+
     def tolist(self):
         return self.cpu().tolist()
 

@@ -83,6 +83,7 @@ def _view_metadata(func, args, kwargs, base):
     items = []
     for m in flat:
         dtype, size, stride, offset = dtype_of(m), tuple(m.shape), tuple(m.stride()), m.storage_offset()
+        check_in_storage(dtype, size, stride, offset, base._storage_ref.nbytes)
         items.append((dtype, size, stride, offset, TorchMLIRTensor._metadata_of(dtype, size, stride, offset)))
     return isinstance(out, (list, tuple)), type(out), items
 
@@ -118,5 +119,19 @@ def run_inplace_view(func, kind, args, kwargs):
     t = args[0]
     m = meta(t)
     func(m, *[meta(a) for a in args[1:]], **kwargs)
+    check_in_storage(t.dtype, tuple(m.shape), tuple(m.stride()), m.storage_offset(), t._storage_ref.nbytes)
     t._set_metadata(tuple(m.shape), tuple(m.stride()), m.storage_offset())
     return t
+
+
+def check_in_storage(dtype, size, stride, offset, nbytes):
+    """Raise PyTorch's error when a view reaches outside its storage (meta storages do not check;
+    a kernel would read or write past the device buffer)."""
+    if 0 in size:
+        return
+    itemsize = dtype.itemsize
+    needed = (offset + sum((n - 1) * s for n, s in zip(size, stride)) + 1) * itemsize
+    if offset < 0 or needed > nbytes or any(s < 0 for s in stride):
+        raise RuntimeError(
+            f"setStorage: sizes {list(size)}, strides {list(stride)}, storage offset {offset}, and itemsize "
+            f"{itemsize} requiring a storage size of {needed} are out of bounds for storage of size {nbytes}")
