@@ -602,6 +602,7 @@ ERROR_INPUTS = {
                                        [torch.randn(3, 2), torch.tensor([0]), torch.randn(2)]),
     "aminmax_out_dtype": lambda: (lambda x, a, b: torch.aminmax(x, out=(a, b)),
                                   [torch.randn(4), torch.empty((), dtype=torch.float64), torch.empty((), dtype=torch.float64)]),
+    "select_scatter_index": lambda: (lambda x, s: torch.select_scatter(x, s, 0, 5), [torch.zeros(3, 2), torch.ones(2)]),
 }
 
 

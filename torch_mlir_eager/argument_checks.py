@@ -45,8 +45,18 @@ def _index_add(bound):
         raise RuntimeError("index_add: number of indices must equal source.size(dim)")
 
 
+def _select_scatter(bound):
+    this, dim, index = bound["self"], bound["dim"], bound["index"]
+    rank = max(this.dim(), 1)
+    size = this.shape[dim % rank] if this.dim() else 1
+    if not -size <= index < size:
+        raise IndexError(f"select(): index {index} out of range for tensor of size {list(this.shape)} "
+                         f"at dimension {dim % rank}")
+
+
 # op base name (in-place and out= variants share it) -> check(bound arguments by name)
 CHECKS = {
+    "select_scatter": _select_scatter,
     "complex": _complex,
     "aminmax": _aminmax_out,
     "narrow_copy": _narrow_copy,
