@@ -810,17 +810,80 @@ for _spatial in (1, 2, 3):
 
 
 # ---- max pooling: the index of a NaN ----------------------------------------------------------
+def _pool_geometry(plane, kernel_size, stride, padding, dilation, ceil_mode):
+    """Per spatial dim: (input size, output size, padded extent the windows read, padding)."""
+    spatial = len(plane)
+
+    def per_dim(v, default=None):
+        v = list(v) if isinstance(v, (list, tuple)) else [v]
+        if not v:
+            v = default
+        return v * spatial if len(v) == 1 else v
+
+    k = per_dim(kernel_size)
+    st = per_dim(stride, k)
+    p = per_dim(padding)
+    d = per_dim(dilation)
+    out = []
+    for n, kk, ss, pp, dd in zip(plane, k, st, p, d):
+        span = n + 2 * pp - dd * (kk - 1) - 1
+        o = (-(-span // ss) if ceil_mode else span // ss) + 1
+        if ceil_mode and (o - 1) * ss >= n + pp:
+            o -= 1
+        out.append((n, o, (o - 1) * ss + dd * (kk - 1) + 1, pp))
+    return out
+
+
+def _window_extent(x, geometry, fill):
+    """x cropped to what the windows read and padded with `fill` (a slice, then a pad: torch-mlir
+    miscompiles constant_pad_nd with a negative pad)."""
+    spatial = len(geometry)
+    pads = []
+    for d, (n, _, e, p) in enumerate(geometry):
+        keep = min(n, e - p)
+        if keep < n:
+            x = aten.slice.Tensor(x, x.dim() - spatial + d, 0, keep)
+    for n, _, e, p in reversed(geometry):
+        pads += [p, max(e - p - n, 0)]
+    return aten.constant_pad_nd(x, pads, fill) if any(pads) else x
+
+
+def _unpadded_index(index, geometry):
+    """Flat indices into the padded window extent, as flat indices into the unpadded input."""
+    result = torch.zeros_like(index)
+    rest = index
+    stride = 1  # of the dim in the unpadded input
+    for n, _, e, p in reversed(geometry):  # the last spatial dim varies fastest
+        coord = torch.remainder(rest, e) - p
+        rest = torch.div(rest, e, rounding_mode="floor")
+        result = result + coord * stride
+        stride *= n
+    return result
+
+
 def _register_max_pool(op, spatial):
     # torch-mlir pools the values with a max that keeps NaN, then takes as index the first
     # position in the window equal to the pooled value: never one when that is NaN, so a window
     # with a NaN gets index -1 (and max_pool backward scatters to it). PyTorch's kernel updates
     # on `val > max || isnan(val)`: the index of the last NaN in the window. Here a second pool
     # over the flat indices of the NaNs (-1 elsewhere) gives that index.
-    def decomposition(x, *args, **kwargs):
+    def decomposition(x, kernel_size, stride=(), padding=0, dilation=1, ceil_mode=False):
         if x.dim() == spatial + 1:  # unbatched: as a batch of one (the 3d index came out wrong)
-            values, index = decomposition(x.unsqueeze(0), *args, **kwargs)
+            values, index = decomposition(x.unsqueeze(0), kernel_size, stride, padding, dilation, ceil_mode)
             return values.squeeze(0), index.squeeze(0)
-        values, index = upstream(op, x, *args, **kwargs)
+        geometry = _pool_geometry(x.shape[-spatial:], kernel_size, stride, padding, dilation, ceil_mode)
+        args = (kernel_size, stride, padding, dilation, ceil_mode)
+        pads = None
+        if any(e != n + 2 * p for n, o, e, p in geometry):
+            # IREE rejects some poolings whose windows read less than the padded input (linalg's
+            # shape inference, e.g. one output over 3 columns with a 2-wide window): pool over
+            # the extent the windows read, cropped and padded here, instead
+            pads = geometry
+            args = (kernel_size, stride, 0, dilation, False)
+            values, index = upstream(op, _window_extent(x, geometry, -math.inf), *args)
+            index = _unpadded_index(index, geometry)
+        else:
+            values, index = upstream(op, x, *args)
         if not x.is_floating_point():
             return values, index
         plane = x.shape[-spatial:]
@@ -831,7 +894,9 @@ def _register_max_pool(op, spatial):
         # broadcast index plane fused into the pool for a float16 x (the first NaN of channel c
         # came out as 2c).
         nan_pos = torch.isnan(x).to(pos_dtype) * (flat + 1.0) - 1.0
-        last_nan = upstream(op, nan_pos, *args, **kwargs)[0]
+        if pads is not None:
+            nan_pos = _window_extent(nan_pos, geometry, -1.0)
+        last_nan = upstream(op, nan_pos, *args)[0]
         return values, torch.where(torch.isnan(values), last_nan.to(index.dtype), index)
 
     PROJECT_DECOMPOSITIONS[op] = _bypassable(op, decomposition)
