@@ -244,10 +244,12 @@ for _g, _s in ((torch.int64, torch.float32), (torch.int32, torch.float64), (torc
 _F16 = torch.tensor([nan, -3.0, -1.0, 0.5, 1.0, 1.5, 16376.0, 65504.0, -65504.0], dtype=torch.float16)
 case("gelu_float16", F.gelu, _F16)
 # torch-mlir's float32 tanh approximation was off by 5e-5 at -0.59; PyTorch's vectorized loop
-# gives gelu(inf) = nan where its scalar loop gives inf: the reference is the scalar loop.
+# gives gelu(inf) = nan where its scalar loop gives inf: the reference is the scalar loop. Below
+# -4, 1 + tanh(u) cancels in both (PyTorch's own value at -5 is 1 ulp of tanh away from the exact
+# one), so the tails agree to 3e-7 absolute, not relative.
 _GELU = torch.cat([grid(), torch.linspace(-6.0, 6.0, 49)])
-case("gelu_tanh", lambda x: F.gelu(x, approximate="tanh"), _GELU, rtol=2e-6, atol=1e-7, scalar_loop=True)
-case("gelu_tanh_bfloat16", lambda x: F.gelu(x, approximate="tanh"), _GELU.to(torch.bfloat16), scalar_loop=True)
+case("gelu_tanh", lambda x: F.gelu(x, approximate="tanh"), _GELU, rtol=2e-6, atol=1e-6, scalar_loop=True)
+case("gelu_tanh_bfloat16", lambda x: F.gelu(x, approximate="tanh"), _GELU.to(torch.bfloat16), atol=1e-6, scalar_loop=True)
 case("round_decimals_float16", lambda x: torch.round(x, decimals=1), _F16)
 case("logit_eps_float16", lambda x: torch.logit(x, eps=1e-6), _F16)
 case("hardsigmoid_backward_float64", lambda g, s: aten.hardsigmoid_backward(g, s),

@@ -682,6 +682,23 @@ def test_adaptive_max_pool_with_nan_gives_pytorchs_value_index_and_gradient(spat
     assert stats()["fallbacks"][f"aten.adaptive_max_pool{spatial}d.default"]["step"] == "guard"
 
 
+@pytest.mark.parametrize("geometry", [(3, 2, 1, 1, False), (2, 2, 0, 1, True), ((1, 2), 4, (0, 1), 1, True)])
+def test_max_pool_of_a_window_of_minus_inf_gives_its_first_element(geometry, stats):
+    # torch-mlir's index was the first position equal to -inf, padding included: negative, and
+    # max_pool backward then wrote through it (SIGSEGV)
+    x = torch.randn(1, 2, 5, 5)
+    x[..., :3, :3] = -float("inf")
+    vn, in_ = F.max_pool2d(x, *geometry, return_indices=True)
+    vd, id_ = F.max_pool2d(dev(x), *geometry, return_indices=True)
+    no_fallback(stats())
+    same(vd, vn)
+    same(id_, in_)
+    xn, xd = x.clone().requires_grad_(), dev(x).requires_grad_()
+    F.max_pool2d(xn, *geometry).sum().backward()
+    F.max_pool2d(xd, *geometry).sum().backward()
+    same(xd.grad, xn.grad)
+
+
 @pytest.mark.parametrize("spatial", [2, 3])
 @pytest.mark.parametrize("batched", [False, True])
 def test_max_pool_gives_the_index_of_a_windows_last_nan(spatial, batched, stats):
@@ -710,6 +727,9 @@ UINT8_NUMERIC = {  # torch-mlir read uint8 as signed: 200 > 128 was False, 200 /
     "sort": lambda u: u.sort().values,
     "max": lambda u: u.max(),
     "to_uint8": lambda u: (u.float() * 1.0).to(torch.uint8),
+    "cat_with_int32": lambda u: torch.cat([u, torch.arange(6, dtype=torch.int32, device=u.device)]),  # promotes
+    "where_with_int64": lambda u: torch.where(torch.tensor([True, False] * 3, device=u.device), u,
+                                              torch.arange(6, device=u.device)),
 }
 UINT8_BYTES = {  # ops that only move bytes: compiled, and right
     "clone": lambda u: u.clone(),
@@ -766,7 +786,9 @@ def test_reduced_precision_mul_and_div_keep_a_python_scalar_in_float(dtype, stat
     # torch-mlir rounded the scalar to the tensor's dtype: h * 70000.0 was inf, h * 1e-5 zero
     h = torch.tensor([0.001, 1.0, -2.0, 65504.0, 3.3, -0.7], dtype=dtype)
     for fn in (lambda x: x * 70000.0, lambda x: x * 1e-5, lambda x: x / 70000.0, lambda x: x * 1.7,
-               lambda x: x - 1e-3, lambda x: torch.add(x, 0.3)):
+               lambda x: x - 1e-3, lambda x: torch.add(x, 0.3),
+               lambda x: x * torch.tensor(70000.0), lambda x: x / torch.tensor(0.3, dtype=torch.float64),
+               lambda x: torch.div(x, 0.1, rounding_mode="trunc"), lambda x: torch.div(x, 0.3, rounding_mode="floor")):
         got = fn(dev(h))
         same(got, fn(h))
     no_fallback(stats())

@@ -894,9 +894,17 @@ def _register_max_pool(op, spatial):
         # broadcast index plane fused into the pool for a float16 x (the first NaN of channel c
         # came out as 2c).
         nan_pos = torch.isnan(x).to(pos_dtype) * (flat + 1.0) - 1.0
+        # A window whose elements are all -inf: PyTorch's index is its first element in the input,
+        # torch-mlir's the first position equal to -inf, padding included (a negative index,
+        # which max_pool backward then wrote through). The largest -flat over the window's
+        # elements in the input (padding -inf) is minus that first element.
+        neg_flat = torch.zeros_like(x, dtype=pos_dtype) - flat
         if pads is not None:
             nan_pos = _window_extent(nan_pos, geometry, -1.0)
+            neg_flat = _window_extent(neg_flat, geometry, -math.inf)
         last_nan = upstream(op, nan_pos, *args)[0]
+        first = torch.clamp(-upstream(op, neg_flat, *args)[0], 0.0, count - 1.0)  # no element: a window in padding
+        index = torch.where(values == -math.inf, first.to(index.dtype), index)
         return values, torch.where(torch.isnan(values), last_nan.to(index.dtype), index)
 
     PROJECT_DECOMPOSITIONS[op] = _bypassable(op, decomposition)
@@ -999,9 +1007,11 @@ _gelu_in_opmath = _in_opmath(aten.gelu.default)
 
 @register(aten.gelu.default)
 def _gelu(x, approximate="none"):
-    # The tanh approximation as PyTorch's CPU kernel computes it (in float for float16 and
+    # The tanh approximation by PyTorch's CPU kernel's formula (in float for float16 and
     # bfloat16): torch-mlir's float32 lowering was off by 5e-5 at x = -0.59 (3e-4 relative),
-    # while its tanh alone is within 1 ulp. gelu(-inf) stays nan, as in PyTorch.
+    # while its tanh alone is within 1 ulp. Not bit-exact: below x = -4, 1 + tanh(u) cancels in
+    # PyTorch's kernel as here, and the two tanh implementations leave up to 3e-7 absolute
+    # between them there. gelu(-inf) stays nan, as in PyTorch.
     if not x.is_floating_point() or x.dtype == torch.float64:  # IREE cannot link a float64 tanh
         return NotImplemented
     if approximate != "tanh":
@@ -1066,15 +1076,23 @@ def _with_scalar_in_opmath(op):
     # PyTorch's CPU mul and div keep a Python scalar operand in float (opmath) for float16 and
     # bfloat16 tensors: h * 70000.0 is 70 for h = 0.001, h * 1e-5 is 1e-5 for h = 1. torch-mlir
     # rounds the scalar to the tensor's dtype first (inf, 0).
+    # A 0-d tensor operand is such a scalar too (TensorIterator's is_scalar), and so are the
+    # divisors of div with a rounding mode. The op is then called again on float32 operands, so
+    # that a decomposition of it (div's rounding modes) still applies.
+    previous = PROJECT_DECOMPOSITIONS.get(op)
+
     def decomposition(a, b, *rest, **kwargs):
-        if not (isinstance(a, torch.Tensor) and a.dtype in _REDUCED and isinstance(b, (int, float))
-                and not isinstance(b, bool)):
-            return NotImplemented
-        return upstream(op, a.to(torch.float32), b, *rest, **kwargs).to(a.dtype)
+        scalar = (isinstance(b, (int, float)) and not isinstance(b, bool)) or (
+            isinstance(b, torch.Tensor) and b.dim() == 0 and not b.is_complex() and b.dtype is not torch.bool)
+        if isinstance(a, torch.Tensor) and a.dtype in _REDUCED and scalar:
+            b32 = b.to(torch.float32) if isinstance(b, torch.Tensor) else b
+            return op(a.to(torch.float32), b32, *rest, **kwargs).to(a.dtype)
+        return previous(a, b, *rest, **kwargs) if previous is not None else NotImplemented
 
     return decomposition
 
 
 # (add and sub round the scalar to the tensor's dtype in PyTorch too: only mul and div keep it.)
-for _op in (aten.mul.Tensor, aten.mul.Scalar, aten.div.Tensor, aten.div.Scalar):
+for _op in (aten.mul.Tensor, aten.mul.Scalar, aten.div.Tensor, aten.div.Scalar, aten.div.Tensor_mode,
+            aten.div.Scalar_mode):
     PROJECT_DECOMPOSITIONS[_op] = _bypassable(_op, _with_scalar_in_opmath(_op))

@@ -93,7 +93,7 @@ def run_op(func, kind, args, kwargs, fast=None):
         return run_native(func, kind, args, kwargs), Fallback("guard", problem)
     entry, key = lookup(call)
     if isinstance(entry, Kernel):
-        if entry.plan.uint8_out:
+        if entry.plan.uint8_out or guards.has_uint8(call):
             problem = guards.call_guard(func, call, tuple(spec.dtype for spec in entry.plan.out_specs))
             if problem is not None:
                 return run_native(func, kind, args, kwargs), Fallback("guard", problem)

@@ -84,14 +84,24 @@ def is_value_checked(func) -> bool:
     return name in _INTEGER_DIVISION or name in _DIV
 
 
-def call_guard(func, call, out_dtypes=()) -> str | None:
+_CONVERSIONS = frozenset({"_to_copy", "copy", "copy_"})  # from uint8: measured right (zero-extending)
+_BYTES_OUT = frozenset({torch.uint8, torch.bool})
+
+
+def has_uint8(call, out_dtypes=()) -> bool:
+    return any(t.dtype is torch.uint8 for t in call.tensors) or torch.uint8 in out_dtypes
+
+
+def call_guard(func, call, out_dtypes=None) -> str | None:
     """The reason this call must run natively, for its dtypes or values; None when it may run
-    compiled."""
+    compiled. A call with uint8 is checked twice: before its kernel is looked up, and with the
+    kernel's output dtypes (cat or where of uint8 and int32 promote: a sign extension)."""
     tensors = call.tensors
     name = func._opname
-    if any(t.dtype is torch.uint8 for t in tensors) or torch.uint8 in out_dtypes:
-        if name not in _UNSIGNED_SAFE or not all(t.dtype in _BYTE_MOVING_DTYPES for t in tensors) or not all(
-                d in _BYTE_MOVING_DTYPES for d in out_dtypes):
+    if has_uint8(call, out_dtypes or ()):
+        if name not in _UNSIGNED_SAFE or not all(t.dtype in _BYTE_MOVING_DTYPES for t in tensors):
+            return UNSIGNED_REASON
+        if out_dtypes is not None and name not in _CONVERSIONS and not all(d in _BYTES_OUT for d in out_dtypes):
             return UNSIGNED_REASON
     if name in _INTEGER_DIVISION or (name in _DIV and call.kwargs.get("rounding_mode") is not None):
         return _zero_division(call)
