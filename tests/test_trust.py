@@ -807,3 +807,14 @@ def test_format_of_a_zero_dim_tensor(stats):
     assert f"{dev(torch.tensor(2.5)):.2f}" == f"{torch.tensor(2.5):.2f}" == "2.50"
     assert f"{dev(torch.tensor(3)):d}" == "3"
     assert stats()["host_transfers"] == 2
+
+
+@pytest.mark.parametrize("name", ["floor_divide", "div_floor", "remainder"])
+@pytest.mark.parametrize("divisor", [1, 3, -3, -1])
+def test_integer_floor_division_is_exact_beyond_float64(name, divisor, stats):
+    # torch-mlir divided int64 through float64: 2**53 + 1 // 1 was 2**53
+    fn = INTEGER_DIVISIONS[name]
+    big = torch.tensor([2**53 + 1, 2**62 + 3, -(2**62) - 5, 7, -7, 0, -(2**63) + 1])
+    got = fn(dev(big), divisor)
+    no_fallback(stats())
+    same(got, fn(big, divisor))

@@ -299,16 +299,32 @@ def _floor_divide(a, b):
     # 1 // 0.1 is 10. PyTorch's is div_floor_floating (c10/util/generic_math.h), from fmod:
     # NaN for an infinite dividend, 9 for 1 // 0.1.
     if not _is_float(a) and not isinstance(b, float) and not _is_float(b):
-        return NotImplemented
+        return _div_floor_integer(a, b)
     return _div_floor_floating(a, b)
 
 
 @register(aten.div.Tensor_mode, aten.div.Scalar_mode)
 def _div_mode(a, b, rounding_mode=None):
     # (rounding_mode="floor" of floats: as floor_divide)
-    if rounding_mode != "floor" or (not _is_float(a) and not isinstance(b, float) and not _is_float(b)):
+    if rounding_mode != "floor":
         return NotImplemented
+    if not _is_float(a) and not isinstance(b, float) and not _is_float(b):
+        return _div_floor_integer(a, b)
     return _div_floor_floating(a, b)
+
+
+def _div_floor_integer(a, b):
+    """c10::div_floor_integer: truncating division, one less where the remainder is non-zero and
+    its sign differs from b's. torch-mlir lowers integer floor division through float64
+    (2**53 + 1 // 1 was 2**53, int16 -32768 // -1 was 32767)."""
+    if not isinstance(a, torch.Tensor) or a.dtype == torch.bool or (isinstance(b, torch.Tensor) and b.dtype == torch.bool):
+        return NotImplemented
+    b = b if isinstance(b, torch.Tensor) else torch.scalar_tensor(b, dtype=torch.int64)
+    dtype = torch.result_type(a, b)
+    a, b = a.to(dtype), b.to(dtype)
+    q = torch.div(a, b, rounding_mode="trunc")
+    r = a - q * b
+    return torch.where((r != 0) & ((r < 0) != (b < 0)), q - 1, q)
 
 
 def _div_floor_floating(a, b):
