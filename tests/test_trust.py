@@ -818,3 +818,17 @@ def test_integer_floor_division_is_exact_beyond_float64(name, divisor, stats):
     got = fn(dev(big), divisor)
     no_fallback(stats())
     same(got, fn(big, divisor))
+
+
+def test_only_integer_divisions_lose_their_runner(stats):
+    # the zero-divisor check runs on every call of floor_divide & co; true division keeps the
+    # hot path (a runner per key)
+    from torch_mlir_eager import runners
+
+    a, b = dev(torch.randn(8)), dev(torch.rand(8) + 1)
+    for _ in range(2):
+        a / b
+        a // 3.0
+    ops = {str(key[0]) for key in runners.RUNNERS}  # a fast key starts with the op
+    assert "aten.div.Tensor" in ops
+    assert not any("floor_divide" in op for op in ops)

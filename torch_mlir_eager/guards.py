@@ -75,13 +75,15 @@ UNSIGNED_REASON = "uint8 runs natively: torch-mlir lowers it with signed integer
 # Integer division by zero: PyTorch raises ZeroDivisionError, a kernel returns garbage.
 _INTEGER_DIVISION = frozenset({"floor_divide", "floor_divide_", "remainder", "remainder_", "fmod", "fmod_"})
 _DIV = frozenset({"div", "div_"})
-ZERO_DIVISION_REASON = "integer division by a tensor runs natively (PyTorch raises on a zero divisor)"
+ZERO_DIVISION_REASON = "integer division by zero: runs natively, where PyTorch raises ZeroDivisionError"
+TENSOR_DIVISOR_REASON = "integer division by a tensor runs natively (PyTorch raises on a zero divisor)"
 
 
 def is_value_checked(func) -> bool:
-    """Whether calls of `func` need `call_guard` on every call (no runner may skip it)."""
-    name = func._opname if hasattr(func, "_opname") else ""
-    return name in _INTEGER_DIVISION or name in _DIV
+    """Whether calls of `func` need `call_guard` on every call (no runner may skip it): integer
+    divisions, whose divisor's value matters (true division, div.Tensor, keeps its runner)."""
+    name = getattr(func, "_opname", "")
+    return name in _INTEGER_DIVISION or (name in _DIV and "mode" in getattr(func, "_overloadname", ""))
 
 
 _CONVERSIONS = frozenset({"_to_copy", "copy", "copy_"})  # from uint8: measured right (zero-extending)
@@ -121,7 +123,7 @@ def _zero_division(call):
             return None
         if b.dim() == 0 and b.device.type == "cpu":
             return ZERO_DIVISION_REASON if int(b) == 0 else None
-        return ZERO_DIVISION_REASON
+        return TENSOR_DIVISOR_REASON
     if isinstance(b, bool) or (isinstance(b, int) and dividend_int):
         return ZERO_DIVISION_REASON if b == 0 else None
     return None
