@@ -603,6 +603,9 @@ ERROR_INPUTS = {
     "aminmax_out_dtype": lambda: (lambda x, a, b: torch.aminmax(x, out=(a, b)),
                                   [torch.randn(4), torch.empty((), dtype=torch.float64), torch.empty((), dtype=torch.float64)]),
     "select_scatter_index": lambda: (lambda x, s: torch.select_scatter(x, s, 0, 5), [torch.zeros(3, 2), torch.ones(2)]),
+    "complex_out_dtype": lambda: (lambda r, i, o: torch.complex(r, i, out=o),
+                                  [torch.randn(2, dtype=torch.float64), torch.randn(2, dtype=torch.float64),
+                                   torch.empty(2, dtype=torch.complex64)]),
 }
 
 
@@ -832,3 +835,10 @@ def test_only_integer_divisions_lose_their_runner(stats):
     ops = {str(key[0]) for key in runners.RUNNERS}  # a fast key starts with the op
     assert "aten.div.Tensor" in ops
     assert not any("floor_divide" in op for op in ops)
+
+
+def test_logcumsumexp_of_large_values_runs_natively(stats):
+    # torch-mlir's kernel overflowed: exp before log with no shift
+    x = torch.tensor([100.0, 200.0, 10000.0, -3.0])
+    same(torch.logcumsumexp(dev(x), 0), torch.logcumsumexp(x, 0))
+    assert stats()["fallbacks"]["aten.logcumsumexp.default"]["step"] == "guard"

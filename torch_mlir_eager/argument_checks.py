@@ -16,6 +16,11 @@ def _complex(bound):
     real, imag = bound["real"], bound["imag"]
     if real.dtype != imag.dtype:
         raise RuntimeError(f"complex: real and imag have dtypes {real.dtype} and {imag.dtype}")
+    out = bound.get("out")
+    expected = {torch.float32: torch.complex64, torch.float64: torch.complex128,
+                torch.float16: torch.complex32}.get(real.dtype)
+    if out is not None and expected is not None and out.dtype != expected:
+        raise RuntimeError(f"Expected object of scalar type {expected} but got scalar type {out.dtype} for argument 'out'")
 
 
 def _aminmax_out(bound):
