@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from .device import COMPILED_DTYPES
+from .iree_compile import op_flags
 from .ops import DIM_ARGS
 from .recipe import Recipe, ScalarSlot, Slot, TensorSpec
 from .tensor import TorchMLIRTensor, DEVICE_TYPE
@@ -79,7 +80,7 @@ class OpCall:
         specs = [TensorSpec(tuple(t.shape), tuple(t.stride()), t.dtype) for t in self.tensors]
         device = self.device
         return Recipe(self.kind.name, self.func, self.template(bake_scalars=static), specs, device.driver,
-                      tuple(device.compile_flags), self.static_key() if static else self.key)
+                      op_flags(device.compile_flags, self.kind.name), self.static_key() if static else self.key)
 
     def static_key(self):
         from .compile_service import static_key_of
