@@ -432,21 +432,19 @@ def _nan_index(x, dim, keepdim, index):
     return torch.where(any_nan, first_nan, index)
 
 
-@register(aten.max.dim)
-def _max_dim(x, dim, keepdim=False):
-    # as argmax: the values are right (maximumf), the index of a NaN is not.
-    if not x.is_floating_point():
-        return NotImplemented
-    values, index = upstream(aten.max.dim, x, dim, keepdim)
-    return values, _nan_index(x, dim, keepdim, index)
+def _extreme_dim(op):
+    # as argmax: the values are right (maximumf / minimumf), the index of a NaN is not.
+    def decomposition(x, dim, keepdim=False):
+        if not x.is_floating_point():
+            return NotImplemented
+        values, index = upstream(op, x, dim, keepdim)
+        return values, _nan_index(x, dim, keepdim, index)
+
+    return decomposition
 
 
-@register(aten.min.dim)
-def _min_dim(x, dim, keepdim=False):
-    if not x.is_floating_point():
-        return NotImplemented
-    values, index = upstream(aten.min.dim, x, dim, keepdim)
-    return values, _nan_index(x, dim, keepdim, index)
+for _op in (aten.max.dim, aten.min.dim):
+    PROJECT_DECOMPOSITIONS[_op] = _bypassable(_op, _extreme_dim(_op))
 
 
 # ---- pow: C's special cases, and the sign of a negative base ----------------------------------
