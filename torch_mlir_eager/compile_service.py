@@ -268,6 +268,14 @@ class _Worker:
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
         return bool(ready)
 
+    def start(self):
+        """Start the worker ahead of its first request; a failure is reported by `build`."""
+        try:
+            self._start()
+        except Exception:  # noqa: BLE001
+            self.kill()
+            self.proc = None
+
     def build(self, recipe, scalars, timeout):
         """Built | Failure for one recipe on this worker (started or restarted as needed)."""
         from .compile_worker import read_frame, write_frame
@@ -333,7 +341,11 @@ class _Worker:
 
 
 class WorkerPool:
-    """`workers` persistent worker processes; requests queue up and go to the first free one."""
+    """`workers` persistent worker processes; requests queue up and go to the first free one.
+
+    Every worker starts (and warms up: compile_worker.main) as soon as the pool is made, and
+    takes requests only once it is ready, so a request never waits for a worker's start while
+    another worker is ready."""
 
     def __init__(self, workers: int):
         self._queue: queue.Queue = queue.Queue()
@@ -352,6 +364,7 @@ class WorkerPool:
         return future
 
     def _serve(self, worker: _Worker):
+        worker.start()
         while True:
             job = self._queue.get()
             if job is None:

@@ -62,9 +62,13 @@ def main():
     import torch
 
     torch.set_num_threads(1)  # planning and tracing compute nothing
-    from . import compiler, lowering  # noqa: F401 - import the stack before saying ready
+    from . import compiler
     from .recipe import StepError
 
+    try:  # pay the first build's one-time costs before saying ready
+        compiler.warm_up()
+    except Exception:  # noqa: BLE001 - a real request reports any real problem
+        traceback.print_exc()
     write_frame(replies, ("ready", os.getpid()))
     while True:
         message = read_frame(requests)

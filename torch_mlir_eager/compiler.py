@@ -28,7 +28,7 @@ from . import argument_checks, layout, lowering
 from .device import COMPILED_DTYPES
 from .ops import FUNCTIONAL_REWRITES, MUTATION, OpKind, classify
 from .recipe import (
-    Built, OutputPlan, Recipe, StepError, fill, first_line, output_spec, scalar_slots,
+    Built, OutputPlan, Recipe, Slot, StepError, TensorSpec, fill, first_line, output_spec, scalar_slots,
 )
 
 log = logging.getLogger("torch_mlir_eager")
@@ -257,6 +257,25 @@ def build(recipe: Recipe, scalars=()) -> Built:
         built.runtime_scalars = not slots
     built.seconds = time.perf_counter() - start
     return built
+
+
+def warm_up():
+    """Build a tiny add through every step (plan, trace, import, lower, IREE), touching no cache.
+
+    A process's first build pays about 1-2 s once (importing torch-mlir and the IREE compiler,
+    the first fake tensors and traces, MLIR and LLVM set-up); a compile worker pays it while
+    it starts, before any request waits on it."""
+    from . import iree_compile
+
+    func = torch.ops.aten.add.Tensor
+    spec = TensorSpec((2,), (1,), torch.float32)
+    flags = tuple(iree_compile.target_flags("local-task"))
+    recipe = Recipe("aten.add.Tensor", func, ((Slot(0), Slot(1)), {}), [spec, spec], "local-task", flags,
+                    ("warm-up",))
+    kind = kind_of(recipe)
+    plan = plan_outputs(recipe, kind, ())
+    graph = _trace_with(recipe, kind, plan, (), lowering.decomposition_attempts(func)[0])
+    iree_compile.compile_to_vmfb(lowering.import_and_lower(graph).linalg_ir, list(flags))
 
 
 def _build_runtime_scalars(recipe, kind, plan, slots, scalars):
