@@ -129,3 +129,103 @@ def test_composite_ops_that_copy_are_not_views(stats):
     c = torch.ops.aten.contiguous(d)
     torch.testing.assert_close(c._host(), x.transpose(0, 2).contiguous())
     assert stats()["fallback_calls"] == 0
+
+
+# ---- the hit path: a runner per key (runners.py) ------------------------------------------------
+def _runner_ops():
+    from torch_mlir_eager import runners
+
+    return [str(key[0]) for key in runners.RUNNERS]
+
+
+def _runs(fn, *arrays, times=3, exact=True):
+    """fn on device copies of `arrays`, `times` times (the later calls take the key's runner),
+    each compared with native PyTorch."""
+    want = fn(*arrays)
+    tol = dict(rtol=0, atol=0) if exact else {}
+    for _ in range(times):
+        got = fn(*[dev(a) for a in arrays])
+        assert type(got) is TorchMLIRTensor
+        torch.testing.assert_close(got._host(), want, **tol)
+    return want
+
+
+def test_runners_serve_lists_of_tensors(stats):
+    a, b, c = torch.randn(3, 4), torch.randn(3, 4), torch.randn(3, 2)
+    _runs(lambda x, y: torch.cat([x, y], 1), a, b)
+    _runs(lambda x, y: torch.cat([y, x], 1), a, b)  # same key as above, tensors the other way round
+    _runs(lambda x, y: torch.cat([x, x, y], -1), a, c)  # a tensor twice: its own key
+    _runs(lambda x, y: torch.cat([x, y, y], -1), a, c)
+    _runs(lambda x, y: torch.stack([x, y], 0), a, b)
+    _runs(lambda x, y: torch.cat([x[:, 1:3], x[:2, ::2][:, :2], y], 0), a, c)  # slices: gathers first
+    # the same tensors, one of them changed in place between calls: the runner reads values now
+    da, db = dev(a), dev(b)
+    for _ in range(3):
+        torch.testing.assert_close(torch.cat([da, db])._host(), torch.cat([a, b]), rtol=0, atol=0)
+        da.add_(1)
+        a.add_(1)
+    s = stats()
+    assert s["fallback_calls"] == 0 and s["compiled_calls"] > 0, s
+    assert "aten.cat.default" in _runner_ops(), _runner_ops()
+
+
+def test_runners_serve_keyword_arguments_and_keep_special_paths(stats):
+    x = torch.randn(4, 6)
+    _runs(lambda t: t.t().contiguous(), x)  # clone(memory_format=contiguous_format)
+    _runs(lambda t: t.to(torch.float64), x)  # _to_copy(dtype=float64)
+    _runs(lambda t: t.t().to(torch.float16), x)
+    _runs(lambda t: torch.full_like(t, 2.5, dtype=torch.float64), x)
+    _runs(lambda t: t.sum(dim=1, keepdim=True), x, exact=False)  # summation order
+    _runs(lambda t: t.sum(dim=1, keepdim=False), x, exact=False)
+    assert {"aten.clone.default", "aten._to_copy.default"} <= set(_runner_ops()), _runner_ops()
+    # a runtime scalar by name is not part of any runner: each value gives its own result
+    y = torch.randn(4, 6)
+    for alpha in (2.5, -1.0, 0.0):
+        got = torch.add(dev(x), dev(y), alpha=alpha)
+        torch.testing.assert_close(got._host(), torch.add(x, y, alpha=alpha), rtol=0, atol=0)
+    s = stats()
+    assert s["fallback_calls"] == 0, s
+    # copies to the host keep their own path with runners in place: a plain CPU tensor, counted
+    for target in (dict(device="cpu"), dict(device="cpu", dtype=torch.float64)):
+        host = dev(x).to(**target)
+        assert type(host) is torch.Tensor and host.device.type == "cpu"
+        torch.testing.assert_close(host, x.to(**target), rtol=0, atol=0)
+    assert stats()["host_transfers"] >= 2
+    # clone of a tensor that covers its storage still shares the buffer (no kernel)
+    d = dev(x)
+    copy_ = d.clone()
+    assert copy_._storage_ref.buffer is d._storage_ref.buffer
+    d.add_(1)  # a write replaces d's buffer; the clone keeps the old values
+    torch.testing.assert_close(copy_._host(), x, rtol=0, atol=0)
+
+
+def test_remembered_gathers_follow_offsets_and_writes(stats):
+    from torch_mlir_eager import buffers
+
+    x = torch.randn(5, 8)
+    d = dev(x)
+    for k in range(3):
+        for lo in (0, 1, 3):  # the same shape and strides at three offsets: one gather each
+            torch.testing.assert_close((-d[:, lo:lo + 4])._host(), -x[:, lo:lo + 4], rtol=0, atol=0)
+        d.add_(1)  # a new buffer for the storage: the gathers read it
+        x.add_(1)
+    assert len(buffers._GATHERS) >= 3
+    torch_mlir_eager.clear_kernel_cache()
+    assert not buffers._GATHERS
+    torch.testing.assert_close((-d[:, 1:5])._host(), -x[:, 1:5], rtol=0, atol=0)
+    assert stats()["fallback_calls"] == 0
+
+
+def test_out_tensors_grow_from_empty(stats):
+    for n in (1, 7, 64):
+        got = torch.arange(n, device=dev(torch.zeros(1)).device)
+        torch.testing.assert_close(got._host(), torch.arange(n), rtol=0, atol=0)
+    a, b = torch.randn(3, 5), torch.randn(3, 5)
+    out = dev(torch.empty(0))
+    torch.add(dev(a), dev(b), out=out)
+    torch.testing.assert_close(out._host(), a + b, rtol=0, atol=0)
+    # a storage that holds bytes keeps them when it grows
+    t = dev(torch.arange(4.0))
+    t.resize_(6)
+    torch.testing.assert_close(t._host()[:4], torch.arange(4.0), rtol=0, atol=0)
+    assert stats()["compiled_calls"] > 0

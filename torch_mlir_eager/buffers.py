@@ -16,13 +16,28 @@ from .kernel_cache import CACHE, STATS, Fallback
 from .recipe import Recipe, Slot, TensorSpec
 
 
+# (spec, offset, storage bytes, device) -> the gather Kernel of such a tensor: the cache's
+# entry, found without building its key. Bounded; emptied whenever the cache drops a kernel.
+_GATHERS: dict = {}
+MAX_GATHERS = 1024
+
+
 def dense_buffer(t):
     """The tensor's values as a dense device buffer in its physical order: the storage itself
     when the tensor covers it, else a compiled gather."""
     storage = t._storage_ref
     if t._whole_nbytes == storage.nbytes:
         return storage.view(t.dtype, t._phys_shape)
-    return run_layout_kernel(gather_of(t), storage, t.dtype, [storage.flat(t.dtype)])
+    memo = (t._spec, t.storage_offset(), storage.nbytes, storage.device)
+    kernel = _GATHERS.get(memo)
+    if kernel is not None:
+        STATS.lookup(hit=True)
+        return kernel([storage.flat(t.dtype)])[0]
+    return run_layout_kernel(gather_of(t), storage, t.dtype, [storage.flat(t.dtype)], memo)
+
+
+def forget_gathers():
+    _GATHERS.clear()
 
 
 def gather_of(t) -> layout.LayoutOp:
@@ -69,14 +84,19 @@ def layout_recipe(op: layout.LayoutOp, storage, dtype):
     return key, Recipe(op.__name__, op, template, specs, device.driver, tuple(device.compile_flags), key)
 
 
-def run_layout_kernel(op: layout.LayoutOp, storage, dtype, buffers):
-    """Run a gather/scatter kernel (compiled once per geometry) on `buffers`."""
+def run_layout_kernel(op: layout.LayoutOp, storage, dtype, buffers, memo=None):
+    """Run a gather/scatter kernel (compiled once per geometry) on `buffers`; a gather's kernel
+    is remembered under `memo`."""
     key, recipe = layout_recipe(op, storage, dtype)
     entry = CACHE.get(key)
     STATS.lookup(hit=entry is not None)
     if entry is None:
         entry = compile_service.build_blocking(recipe, (), storage.device)
     if isinstance(entry, Kernel):
+        if memo is not None:
+            if len(_GATHERS) >= MAX_GATHERS:
+                _GATHERS.clear()
+            _GATHERS[memo] = entry
         return entry(buffers)[0]
     reason = entry.reason if isinstance(entry, Fallback) else "no kernel"
     return _host_layout(op, storage, dtype, buffers, whole=False, reason=reason)

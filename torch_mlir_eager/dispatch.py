@@ -43,8 +43,8 @@ PER_CHANNEL_VIEW = Fallback("unsupported", "views of per-channel quantized tenso
 def dispatch(func, args, kwargs):
     kind = classify(func)
     fast = None  # the hit path: a key's prebuilt runner (runners.py)
-    if not kwargs and _runnable(func, kind):
-        fast = runners.fast_key(func, args, kind.scalar_args)
+    if _runnable(func, kind):
+        fast = runners.fast_key(func, args, kwargs, kind.scalar_args)
         runner = runners.RUNNERS.get(fast) if fast is not None else None
         if runner is not None:
             result = runner(args)
@@ -72,13 +72,15 @@ _RUNNABLE: dict = {}
 
 
 def _runnable(func, kind) -> bool:
-    """Whether calls of `func` may have a runner (runners.py): compiled ops with no path of
-    their own and no guard."""
+    """Whether calls of `func` may have a runner (runners.py): compiled ops with no guard and
+    no path of their own, or one that only ever adds cheaper answers before run_op (a runner
+    then computes the copy that clone/_to_copy could have shared)."""
     ok = _RUNNABLE.get(func)
     if ok is None:
+        handler = special.handler_for(func, kind)
         ok = _RUNNABLE[func] = (kind.kind not in (VIEW, NATIVE) and not kind.inplace_view
-                                and kind.guard is None and special.handler_for(func, kind) is None
-                                and not guards.is_value_checked(func))
+                                and kind.guard is None and not guards.is_value_checked(func)
+                                and (handler is None or func in special.RUNNABLE))
     return ok
 
 
@@ -103,6 +105,8 @@ def run_op(func, kind, args, kwargs, fast=None):
                 return run_native(func, kind, args, kwargs), Fallback("bounds", problem)
         if config.validate and not entry.validated:
             return run_validated(entry, call, key, run_kernel)
+        if fast is None and func in special.RUNNABLE and _runnable(func, kind):  # through its special path
+            fast = runners.fast_key(func, args, kwargs, kind.scalar_args)
         if fast is not None and (entry.takes_scalars or not call.scalars):
             runners.install(fast, entry, call, args)
         return run_kernel(entry, call), COMPILED if entry.launches else METADATA

@@ -4,19 +4,21 @@
     result = runner(args)                           # inputs -> kernel -> results, write-back
 
 A `Runner` is made the first time a key's kernel runs through the full path (dispatch.run_op),
-for calls it can serve alone: positional arguments only (tensors, numbers, None, lists of ints),
-no guard, no validation. It holds the kernel, which arguments are its tensor inputs and runtime
-scalars, the metadata of every result (computed once), the write-back of written inputs, and
-for indexing ops the bounds probe and each index's valid range (both follow from the key).
-Anything else takes the full path each time.
+for calls it can serve alone: tensors, numbers, None, lists of ints and lists of tensors (cat's
+inputs) as positional arguments, keyword arguments that are neither tensors nor runtime scalars
+(clone's memory_format, _to_copy's dtype), no guard, no validation. It holds the kernel, which
+arguments are its tensor inputs and runtime scalars, the metadata of every result (computed
+once), the write-back of written inputs, and for indexing ops the bounds probe and each index's
+valid range (both follow from the key). Anything else takes the full path each time.
 """
 
 from __future__ import annotations
 
+import torch
 from torch.utils._pytree import tree_unflatten
 
 from . import bounds
-from .buffers import dense_buffer, write
+from .buffers import dense_buffer, forget_gathers, write
 from .kernel import Kernel
 from .kernel_cache import CACHE, COMPILED, METADATA, STATS
 from .ops import NATIVE, VIEW
@@ -27,28 +29,19 @@ _BY_KERNEL: dict = {}  # id(kernel) -> the fast keys of its runners
 _INT_TYPES = (int,)
 
 
-def fast_key(func, args, scalar_positions):
-    """A key for a call of positional arguments, or None when the call is not that simple.
-    Tensors contribute their spec (or which earlier argument they repeat), runtime scalars
-    their type, other values their type and value."""
+def fast_key(func, args, kwargs, scalar_positions):
+    """A key for a simple call (see above), or None when the call is not that simple. Tensors
+    contribute their spec (or which earlier tensor they repeat), runtime scalars their type,
+    other values their type and value."""
     key = [func]
     tensors = []
     device = None
     for i, a in enumerate(args):
         t = type(a)
         if t is TorchMLIRTensor:
-            for j, seen in enumerate(tensors):
-                if seen is a:
-                    key.append(j)
-                    break
-            else:
-                d = a._storage_ref.device
-                if device is None:
-                    device = d
-                elif d is not device:
-                    return None
-                tensors.append(a)
-                key.append(a._spec)
+            device = _tensor_key(a, key, tensors, device)
+            if device is None:
+                return None
         elif t is float:
             key.append((float, "runtime") if i in scalar_positions else (float, a.hex()))
         elif t is int:
@@ -56,30 +49,88 @@ def fast_key(func, args, scalar_positions):
         elif a is None or t is bool:
             key.append(a)
         elif t is list or t is tuple:
+            if a and type(a[0]) is TorchMLIRTensor:  # a list of tensors: spliced in (flat_args)
+                key.append((t, len(a)))
+                for v in a:
+                    if type(v) is not TorchMLIRTensor:
+                        return None
+                    device = _tensor_key(v, key, tensors, device)
+                    if device is None:
+                        return None
+                continue
             for v in a:
                 if type(v) is not int:
                     return None
             key.append((t, tuple(a)))
         else:
             return None
+    if kwargs:
+        for name in sorted(kwargs):
+            v = kwargs[name]
+            t = type(v)
+            if t is float or t is int:
+                if name in scalar_positions:
+                    return None  # a runtime scalar by name: the full path passes those
+                key.append((name, t, v.hex() if t is float else v))
+            elif v is None or t is bool or t is str or t in _KWARG_TYPES:
+                key.append((name, v))
+            elif (t is list or t is tuple) and all(type(x) is int for x in v):
+                key.append((name, t, tuple(v)))
+            else:
+                return None  # a tensor (out=) or anything else: the full path
     if device is None:
         return None
     key.append(device)
     return tuple(key)
 
 
+_KWARG_TYPES = (torch.dtype, torch.memory_format, torch.layout, torch.device)
+
+
+def _tensor_key(a, key, tensors, device):
+    """Add tensor `a` to the key; the call's device, or None when `a` is on another one."""
+    for j, seen in enumerate(tensors):
+        if seen is a:
+            key.append(j)
+            return device
+    d = a._storage_ref.device
+    if device is not None and d is not device:
+        return None
+    tensors.append(a)
+    key.append(a._spec)
+    return d
+
+
+def flat_args(args):
+    """The positional arguments with each list of tensors spliced in: a runner finds its tensor
+    inputs in this list (its scalars in `args` itself)."""
+    for a in args:
+        if (type(a) is list or type(a) is tuple) and a and type(a[0]) is TorchMLIRTensor:
+            break
+    else:
+        return args
+    flat = []
+    for a in args:
+        if (type(a) is list or type(a) is tuple) and a and type(a[0]) is TorchMLIRTensor:
+            flat.extend(a)
+        else:
+            flat.append(a)
+    return flat
+
+
 class Runner:
     """A key's kernel with everything its calls need, decided once."""
 
     __slots__ = ("kernel", "tensor_positions", "scalar_positions", "live", "outputs", "writes", "resize",
-                 "leaves", "tree", "single", "outcome", "device", "probe", "probed", "ranges")
+                 "leaves", "tree", "single", "outcome", "device", "probe", "probed", "ranges", "lists")
 
     def __init__(self, kernel, call, args):
         plan = kernel.plan
         self.kernel = kernel
         self.device = call.device
-        # which positional argument each kernel tensor input is (the call's tensors, in order)
-        position = {id(a): i for i, a in enumerate(args) if isinstance(a, TorchMLIRTensor)}
+        self.lists = flat_args(args) is not args  # tensors inside lists: positions in flat_args
+        # which (flat) argument each kernel tensor input is (the call's tensors, in order)
+        position = {id(a): i for i, a in enumerate(flat_args(args)) if isinstance(a, TorchMLIRTensor)}
         self.tensor_positions = tuple(position[id(t)] for t in call.tensors)
         self.scalar_positions = tuple(i for i, a in enumerate(args) if type(a) in (float, int)
                                       and i in call.kind.scalar_args)
@@ -96,7 +147,7 @@ class Runner:
 
     def check_bounds_with(self, probe, checks, args):
         """Make this runner check its index arguments (their ranges follow from the key)."""
-        position = {id(a): i for i, a in enumerate(args)}
+        position = {id(a): i for i, a in enumerate(flat_args(args))}
         self.probe = probe
         self.probed = tuple(position[id(c.tensor)] for c in checks)
         self.ranges = tuple((c.lo, c.hi) for c in checks)
@@ -113,12 +164,14 @@ class Runner:
         return True
 
     def __call__(self, args):
+        scalars = tuple(args[i] for i in self.scalar_positions)
+        if self.lists:
+            args = flat_args(args)
         for pos, shape in self.resize:
             if args[pos]._spec[1] != shape:
                 return None  # an out= tensor to resize: the full path does that
         if self.probe is not None and not self._in_bounds(args):
             return None  # an index out of range: the full path runs it natively, which raises
-        scalars = tuple(args[i] for i in self.scalar_positions)
         outs = iter(self.kernel([dense_buffer(args[i]) for i in self.live], scalars))
         device = self.device
         fresh = []
@@ -169,7 +222,8 @@ def _drop(key):
 
 def forget_kernel(kernel):
     """The cache evicted `kernel` (None: cleared everything): its runners go too, since they
-    would keep it alive and serve it."""
+    would keep it alive and serve it, and so do the remembered gathers (buffers.py)."""
+    forget_gathers()
     if kernel is None:
         clear()
         return

@@ -176,6 +176,12 @@ _EMBEDDING_BAG_WEIGHTS = _known_miscompile(
     lambda bound: bound.get("per_sample_weights") is not None,
 )
 
+# Ops whose handler, when it does not answer itself, runs the op through dispatch.run_op: a
+# key's runner may then serve them (dispatch._runnable). Their cheaper answers (sharing a buffer,
+# a copy to the host) depend on arguments that are in the key (a device, a dtype) or are a
+# choice, not a need (sharing instead of copying).
+RUNNABLE = frozenset({aten._to_copy.default, aten.clone.default})
+
 _HANDLERS = {
     aten._conj.default: _lazy_view_as_op(aten.conj_physical.default),
     aten._neg_view.default: _lazy_view_as_op(aten.neg.default),

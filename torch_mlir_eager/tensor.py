@@ -325,7 +325,10 @@ class TorchMLIRTensor(torch.Tensor):
             numel *= s
         storage = self._storage_ref
         needed = (offset + numel) * self.element_size()
-        if needed > storage.nbytes:
+        if needed > storage.nbytes == 0:  # nothing to keep; new bytes are unset, as in PyTorch
+            storage.nbytes = needed
+            storage.replace(storage.device.allocate(needed))
+        elif needed > storage.nbytes:
             grown = torch.zeros(needed, dtype=torch.uint8)
             grown[: storage.nbytes] = storage.to_host()
             storage.nbytes = needed

@@ -40,10 +40,23 @@ def run_view(func, args, kwargs):
     these arguments (composite ops such as reshape and contiguous reach dispatch when called
     from inside it): the caller then computes it. None when the base is quantized per channel
     (its quantizer depends on the view: such views run natively, as copies)."""
-    base = next(a for a in args if isinstance(a, TorchMLIRTensor))
+    base = args[0] if type(args[0]) is TorchMLIRTensor else next(a for a in args if isinstance(a, TorchMLIRTensor))
     if base._qparams is not None and not base._qparams.per_tensor:
         return None
-    key = (func,) + tuple(_view_key(a) for a in args) + tuple((k, _view_key(v)) for k, v in sorted(kwargs.items()))
+    key = [func]
+    for a in args:
+        t = type(a)
+        if t is TorchMLIRTensor:
+            key.append((a._spec, a._storage_ref.nbytes, a.storage_offset()))
+        elif t is int:
+            key.append(a)  # ints stand for themselves; other types carry their type (True, 1.0)
+        elif (t is list or t is tuple) and all(type(v) is int for v in a):
+            key.append((t, tuple(a)))
+        else:
+            key.append(_view_key(a))
+    if kwargs:
+        key.extend((k, _view_key(v)) for k, v in sorted(kwargs.items()))
+    key = tuple(key)
     metas = _memo.get(key)
     if metas is None:
         metas = _view_metadata(func, args, kwargs, base)
