@@ -156,6 +156,10 @@ def test_runners_serve_lists_of_tensors(stats):
     _runs(lambda x, y: torch.cat([y, x], 1), a, b)  # same key as above, tensors the other way round
     _runs(lambda x, y: torch.cat([x, x, y], -1), a, c)  # a tensor twice: its own key
     _runs(lambda x, y: torch.cat([x, y, y], -1), a, c)
+    _runs(lambda x: torch.cat([x, x], 0), a)  # then two tensors of the same spec: another key
+    _runs(lambda x, y: torch.cat([x, y], 0), a, b)
+    _runs(lambda x: x - x, a)
+    _runs(lambda x, y: x - y, a, b)
     _runs(lambda x, y: torch.stack([x, y], 0), a, b)
     _runs(lambda x, y: torch.cat([x[:, 1:3], x[:2, ::2][:, :2], y], 0), a, c)  # slices: gathers first
     # the same tensors, one of them changed in place between calls: the runner reads values now
@@ -180,17 +184,33 @@ def test_runners_serve_keyword_arguments_and_keep_special_paths(stats):
     assert {"aten.clone.default", "aten._to_copy.default"} <= set(_runner_ops()), _runner_ops()
     # a runtime scalar by name is not part of any runner: each value gives its own result
     y = torch.randn(4, 6)
-    for alpha in (2.5, -1.0, 0.0):
+    for alpha in (2.5, 2.5, -1.0, -1.0, 0.0):
         got = torch.add(dev(x), dev(y), alpha=alpha)
         torch.testing.assert_close(got._host(), torch.add(x, y, alpha=alpha), rtol=0, atol=0)
+    # a bool and a repeated tensor are told apart in the key (True == 1, False == 0)
+    for _ in range(2):
+        torch.testing.assert_close((dev(x) * False)._host(), x * False, rtol=0, atol=0)
+    d = dev(x)
+    for _ in range(2):
+        torch.testing.assert_close((d * d)._host(), x * x, rtol=0, atol=0)
+        torch.testing.assert_close((d * True)._host(), x * True, rtol=0, atol=0)
     s = stats()
     assert s["fallback_calls"] == 0, s
     # copies to the host keep their own path with runners in place: a plain CPU tensor, counted
+    d = dev(x)
     for target in (dict(device="cpu"), dict(device="cpu", dtype=torch.float64)):
-        host = dev(x).to(**target)
+        before = stats()["host_transfers"]
+        host = d.to(**target)
         assert type(host) is torch.Tensor and host.device.type == "cpu"
+        assert stats()["host_transfers"] == before + 1
         torch.testing.assert_close(host, x.to(**target), rtol=0, atol=0)
-    assert stats()["host_transfers"] >= 2
+    # and so do ops asked for a CPU result (they used to return device tensors)
+    for _ in range(2):
+        for fn in (lambda t: torch.ones_like(t, device="cpu"), lambda t: t.new_zeros(2, 3, device="cpu"),
+                   lambda t: torch.full_like(t, 2.0, device="cpu", dtype=torch.float64)):
+            got, want = fn(d), fn(x)
+            assert type(got) is torch.Tensor and got.device.type == "cpu"
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
     # clone of a tensor that covers its storage still shares the buffer (no kernel)
     d = dev(x)
     copy_ = d.clone()
@@ -229,3 +249,7 @@ def test_out_tensors_grow_from_empty(stats):
     t.resize_(6)
     torch.testing.assert_close(t._host()[:4], torch.arange(4.0), rtol=0, atol=0)
     assert stats()["compiled_calls"] > 0
+    torch_mlir_eager.reset_stats()  # an empty storage grows with no host round trip
+    dev(torch.empty(0)).resize_(5)
+    s = stats()
+    assert (s["metadata_calls"], s["fallback_calls"], s["host_transfers"]) == (1, 0, 0), s

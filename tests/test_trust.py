@@ -842,3 +842,19 @@ def test_logcumsumexp_of_large_values_runs_natively(stats):
     x = torch.tensor([100.0, 200.0, 10000.0, -3.0])
     same(torch.logcumsumexp(dev(x), 0), torch.logcumsumexp(x, 0))
     assert stats()["fallbacks"]["aten.logcumsumexp.default"]["step"] == "guard"
+
+
+def test_boolean_mask_index_writes_run_natively(stats):
+    # index_put_ with a mask compiled to the positions of its True elements, and wrote out of
+    # bounds (a segfault) when the mask was all False
+    x = torch.tensor([1.0, -2.0, 3.0, -4.0, 5.0, -6.0])
+    for threshold in (10.0, 0.0, 10.0, 0.0):
+        for value in (torch.tensor(9.0), 7.0):
+            want = x.clone()
+            want[x > threshold] = value
+            got = dev(x.clone())
+            got[dev(x > threshold)] = dev(value) if isinstance(value, torch.Tensor) else value
+            same(got, want)
+        same(dev(x)[dev(x > threshold)], x[x > threshold])
+    s = stats()
+    assert s["fallbacks"]["aten.index_put_.default"]["step"] == "guard", s["fallbacks"]

@@ -268,13 +268,18 @@ class _Worker:
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
         return bool(ready)
 
+    starting = False
+
     def start(self):
         """Start the worker ahead of its first request; a failure is reported by `build`."""
+        self.starting = True
         try:
             self._start()
         except Exception:  # noqa: BLE001
             self.kill()
             self.proc = None
+        finally:
+            self.starting = False
 
     def build(self, recipe, scalars, timeout):
         """Built | Failure for one recipe on this worker (started or restarted as needed)."""
@@ -378,6 +383,9 @@ class WorkerPool:
             future.set_result(outcome)
 
     def shutdown(self):
+        for w in self.workers:
+            if w.starting:  # still importing or warming up: no use waiting for it
+                w.kill()
         for _ in self._threads:
             self._queue.put(None)
         for t in self._threads:

@@ -52,6 +52,8 @@ def dispatch(func, args, kwargs):
                 record_runner(kind.name, runner.outcome)
                 return result
     handler = special.handler_for(func, kind)
+    if handler is None and kwargs and special.targets_host(kwargs):
+        handler = special.run_on_host
     if handler is not None:
         result, outcome = handler(func, kind, args, kwargs)
     elif kind.kind == VIEW:

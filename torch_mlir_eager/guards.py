@@ -107,7 +107,25 @@ def call_guard(func, call, out_dtypes=None) -> str | None:
             return UNSIGNED_REASON
     if name in _INTEGER_DIVISION or (name in _DIV and call.kwargs.get("rounding_mode") is not None):
         return _zero_division(call)
+    if name in _MASK_INDEXED and _has_mask_index(call):
+        return MASK_INDEX_REASON
     return None
+
+
+# A boolean (or uint8) mask in the indices of index_put & co: torch-mlir turns it into the
+# positions of its True elements, a data-dependent size, and the kernel wrote out of bounds (a
+# segfault) when the mask was all False. The dtype is in the key, so runners never skip this.
+_MASK_INDEXED = frozenset({"index_put", "index_put_", "_index_put_impl", "_index_put_impl_", "_unsafe_index_put",
+                           "index", "_unsafe_index"})
+MASK_INDEX_REASON = "a boolean mask index: its positions depend on the mask's values, so it runs natively"
+
+
+def _has_mask_index(call) -> bool:
+    names = call.kind.arg_names
+    indices = call.args[names.index("indices")] if "indices" in names and names.index("indices") < len(call.args) \
+        else call.kwargs.get("indices")
+    return isinstance(indices, (list, tuple)) and any(
+        isinstance(t, torch.Tensor) and t.dtype in (torch.bool, torch.uint8) for t in indices)
 
 
 def _zero_division(call):

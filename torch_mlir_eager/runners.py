@@ -46,8 +46,10 @@ def fast_key(func, args, kwargs, scalar_positions):
             key.append((float, "runtime") if i in scalar_positions else (float, a.hex()))
         elif t is int:
             key.append((int, "runtime") if i in scalar_positions else (int, a))
-        elif a is None or t is bool:
+        elif a is None:
             key.append(a)
+        elif t is bool:
+            key.append((bool, a))  # not a bare True: True == 1 (a repeated tensor's position)
         elif t is list or t is tuple:
             if a and type(a[0]) is TorchMLIRTensor:  # a list of tensors: spliced in (flat_args)
                 key.append((t, len(a)))
@@ -72,8 +74,10 @@ def fast_key(func, args, kwargs, scalar_positions):
                 if name in scalar_positions:
                     return None  # a runtime scalar by name: the full path passes those
                 key.append((name, t, v.hex() if t is float else v))
-            elif v is None or t is bool or t is str or t in _KWARG_TYPES:
+            elif v is None or t is str or t in _KWARG_TYPES:
                 key.append((name, v))
+            elif t is bool:
+                key.append((name, bool, v))
             elif (t is list or t is tuple) and all(type(x) is int for x in v):
                 key.append((name, t, tuple(v)))
             else:
@@ -91,7 +95,7 @@ def _tensor_key(a, key, tensors, device):
     """Add tensor `a` to the key; the call's device, or None when `a` is on another one."""
     for j, seen in enumerate(tensors):
         if seen is a:
-            key.append(j)
+            key.append(("same", j))
             return device
     d = a._storage_ref.device
     if device is not None and d is not device:

@@ -41,6 +41,25 @@ def _to_copy(func, kind, args, kwargs):
     return dispatch.run_op(func, kind, args, kwargs)
 
 
+def targets_host(kwargs) -> bool:
+    """Whether a call's `device=` asks for a CPU result (`ones_like(d, device="cpu")`)."""
+    target = kwargs.get("device")
+    return target is not None and torch.device(target).type == "cpu"
+
+
+def run_on_host(func, kind, args, kwargs):
+    """An op asked for a CPU result: PyTorch runs it on host copies of the device tensors and
+    its result stays on the host, as `.to("cpu")` does (each read counts as a host transfer)."""
+    def host(x):
+        if isinstance(x, TorchMLIRTensor):
+            return x._host()
+        if isinstance(x, (list, tuple)):
+            return type(x)(host(v) for v in x)
+        return x
+
+    return func(*host(args), **{k: host(v) for k, v in kwargs.items()}), TO_HOST
+
+
 def _clone(func, kind, args, kwargs):
     src = args[0]
     fmt = kwargs.get("memory_format", args[1] if len(args) > 1 else None)
@@ -120,9 +139,10 @@ def _resize_(func, kind, args, kwargs):
     t, size = args[0], tuple(args[1])
     if size == tuple(t.shape):
         return t, METADATA
-    grows = (t.storage_offset() + math.prod(size)) * t.element_size() > t._storage_ref.nbytes
+    nbytes = t._storage_ref.nbytes
+    grows = (t.storage_offset() + math.prod(size)) * t.element_size() > nbytes > 0
     t._resize(size)
-    if grows:  # the storage was copied through the host to grow it
+    if grows:  # the storage was copied through the host to grow it (an empty one is allocated)
         return t, Fallback("transfer", "resize_ grew the storage through the host")
     return t, METADATA
 
