@@ -155,3 +155,13 @@ class PassThroughTensor(torch.Tensor):
 
         out = func(*tree_map(unwrap, args), **tree_map(unwrap, kwargs or {}))
         return tree_map(wrap, out)
+
+
+def write_json(path, report):
+    """Write a benchmark's report (making its folder) and say where."""
+    import json
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(report, f, indent=2, default=str)
+    print(f"wrote {path}")

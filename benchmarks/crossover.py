@@ -11,7 +11,6 @@ device (the default) runs a kernel on local-task when its work is at least the c
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -78,9 +77,7 @@ def main():
     print(f"\nlocal-task wins (>10% faster) from work {wins[0] if wins else None:.3g}; "
           f"largest work where local-sync is faster: {max(losses) if losses else None}")
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump({"machine": bu.machine_description(), "rounds": args.rounds, "rows": rows}, f, indent=2)
+        bu.write_json(args.out, {"machine": bu.machine_description(), "rounds": args.rounds, "rows": rows})
 
 
 if __name__ == "__main__":

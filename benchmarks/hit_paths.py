@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import sys
 
@@ -80,9 +79,7 @@ def main():
         print(f"{name:50s} {med['on']:9.2f} {med['off']:9.2f} {med['on'] / med['off']:7.2f}  "
               f"{iqr['on'][0]:.2f}-{iqr['on'][1]:.2f} / {iqr['off'][0]:.2f}-{iqr['off'][1]:.2f}", flush=True)
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=2)
+        bu.write_json(args.out, report)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import statistics
 import sys
@@ -135,9 +134,7 @@ def main():
                                     "vs_baseline": med / base if base else None, "vs_native": med / nat}
         print(f"ResNet18 {name}: {med * 1e3:.1f} ms ({med / base:.2f}x baseline, {med / nat:.2f}x native)", flush=True)
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=2)
+        bu.write_json(args.out, report)
 
 
 if __name__ == "__main__":

@@ -546,10 +546,7 @@ def main(argv=None):
           f"torch threads {report['machine']['torch_threads']}, IREE device {args.device}; "
           f"total {report['total_seconds']:.0f}s")
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=2, default=str)
-        print(f"wrote {args.out}")
+        bu.write_json(args.out, report)
     return 1 if any("error" in r for r in results.values()) else 0
 
 
