@@ -253,3 +253,52 @@ def test_out_tensors_grow_from_empty(stats):
     dev(torch.empty(0)).resize_(5)
     s = stats()
     assert (s["metadata_calls"], s["fallback_calls"], s["host_transfers"]) == (1, 0, 0), s
+
+
+def test_runners_keep_ints_beyond_int64_out_of_runtime_keys(stats):
+    # `d + 1` makes a runner whose scalar is a runtime argument; 2**63 is not an int64, so it
+    # must not reach that runner (it raised in push_int)
+    x, xi = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1, 2, 3])
+    d, di = dev(x), dev(xi)
+    for _ in range(2):
+        torch.testing.assert_close((d + 1)._host(), x + 1, rtol=0, atol=0)
+        torch.testing.assert_close((di * 2)._host(), xi * 2, rtol=0, atol=0)
+    torch.testing.assert_close((d + 2**63)._host(), x + 2**63, rtol=0, atol=0)
+    torch.testing.assert_close((di * 2**63)._host(), xi * 2**63, rtol=0, atol=0)
+    torch.testing.assert_close((d + 1)._host(), x + 1, rtol=0, atol=0)
+
+
+def test_results_asked_for_another_device_go_there(stats):
+    x = torch.randn(2, 3)
+    d = dev(x)
+    for fn in (lambda t: torch.ones_like(t, device="meta"), lambda t: t.to("meta"),
+               lambda t: t.new_zeros(4, device="meta"), lambda t: torch.empty_like(t, device="meta")):
+        got, want = fn(d), fn(x)
+        assert type(got) is torch.Tensor and got.device.type == "meta"
+        assert (got.shape, got.dtype, got.stride()) == (want.shape, want.dtype, want.stride())
+    for fn in (lambda t: t.to(t.device), lambda t: torch.ones_like(t, device=t.device)):
+        assert type(fn(d)) is TorchMLIRTensor
+    s = stats()
+    assert s["fallback_calls"] == 4 and all(f["step"] == "transfer" for f in s["fallbacks"].values()), s
+
+
+def test_resize_takes_the_memory_format(stats):
+    for fmt in (torch.channels_last, torch.contiguous_format):
+        t, n = dev(torch.empty(0)), torch.empty(0)
+        t.resize_(2, 3, 4, 5, memory_format=fmt)
+        n.resize_(2, 3, 4, 5, memory_format=fmt)
+        assert t.stride() == n.stride()
+    t = dev(torch.randn(2, 3, 4, 5))
+    t.resize_(2, 3, 4, 5, memory_format=torch.channels_last)
+    assert t.stride() == torch.empty(2, 3, 4, 5).resize_(2, 3, 4, 5, memory_format=torch.channels_last).stride()
+
+
+def test_a_request_to_a_stopped_pool_goes_to_the_running_service():
+    from torch_mlir_eager import compile_service
+
+    old = compile_service.service()
+    compile_service.restart()
+    future = old.submit(None, ())  # a caller that raced the restart: not left waiting forever
+    assert future is not None
+    x = torch.randn(5)
+    torch.testing.assert_close(torch.cos(dev(x))._host(), torch.cos(x))

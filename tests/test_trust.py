@@ -858,3 +858,14 @@ def test_boolean_mask_index_writes_run_natively(stats):
         same(dev(x)[dev(x > threshold)], x[x > threshold])
     s = stats()
     assert s["fallbacks"]["aten.index_put_.default"]["step"] == "guard", s["fallbacks"]
+
+
+def test_a_bool_tensor_plus_a_python_bool_is_or_not_xor(stats):
+    # the kernel added 1-bit integers (True + True gave False); PyTorch gives True
+    xb, yb = torch.tensor([True, False, True, False]), torch.tensor([True, True, False, False])
+    for _ in range(2):
+        same(dev(xb) + True, xb + True)
+        same(dev(xb).add(True, alpha=True), xb.add(True, alpha=True))
+        same(dev(xb) + False, xb + False)
+        same(dev(xb) + dev(yb), xb + yb)  # two tensors compile right
+    assert stats()["fallbacks"]["aten.add.Tensor"]["step"] == "guard"

@@ -353,6 +353,7 @@ class WorkerPool:
     another worker is ready."""
 
     def __init__(self, workers: int):
+        self.closed = False
         self._queue: queue.Queue = queue.Queue()
         self._log_dir = tempfile.mkdtemp(prefix="tme-compile-workers-")
         self.workers = [_Worker(i, self._log_dir) for i in range(workers)]
@@ -364,6 +365,8 @@ class WorkerPool:
             t.start()
 
     def submit(self, recipe, scalars) -> Future:
+        if self.closed:  # restarted meanwhile: the service in place builds it
+            return service().submit(recipe, scalars)
         future: Future = Future()
         self._queue.put((recipe, scalars, future))
         return future
@@ -383,6 +386,7 @@ class WorkerPool:
             future.set_result(outcome)
 
     def shutdown(self):
+        self.closed = True
         for w in self.workers:
             if w.starting:  # still importing or warming up: no use waiting for it
                 w.kill()
@@ -392,6 +396,13 @@ class WorkerPool:
             t.join(timeout=5)
         for w in self.workers:
             w.kill()
+        while True:  # requests that no worker will serve now: said so, not left waiting
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                job[2].set_result(Failure("start", "the compile service was stopped", remember=False))
 
 
 class InProcess:

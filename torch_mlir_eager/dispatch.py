@@ -52,7 +52,7 @@ def dispatch(func, args, kwargs):
                 record_runner(kind.name, runner.outcome)
                 return result
     handler = special.handler_for(func, kind)
-    if handler is None and kwargs and special.targets_host(kwargs):
+    if handler is None and kwargs and special.targets_other_device(kwargs):
         handler = special.run_on_host
     if handler is not None:
         result, outcome = handler(func, kind, args, kwargs)

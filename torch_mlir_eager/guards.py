@@ -109,7 +109,16 @@ def call_guard(func, call, out_dtypes=None) -> str | None:
         return _zero_division(call)
     if name in _MASK_INDEXED and _has_mask_index(call):
         return MASK_INDEX_REASON
+    if name in _ADD and tensors and all(t.dtype is torch.bool for t in tensors) and (
+            any(type(a) is bool for a in call.args[1:]) or type(call.kwargs.get("alpha")) is bool):
+        return BOOL_ADD_REASON
     return None
+
+
+# A bool tensor plus a Python bool: the kernel adds 1-bit integers, which wrap (True + True gave
+# False); PyTorch gives True. (Two bool tensors compile right.)
+_ADD = frozenset({"add", "add_"})
+BOOL_ADD_REASON = "a bool tensor plus a Python bool runs natively: the kernel's 1-bit add wraps around"
 
 
 # A boolean (or uint8) mask in the indices of index_put & co: torch-mlir turns it into the

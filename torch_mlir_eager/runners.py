@@ -21,12 +21,13 @@ from . import bounds
 from .buffers import dense_buffer, forget_gathers, write
 from .kernel import Kernel
 from .kernel_cache import CACHE, COMPILED, METADATA, STATS
+from .keys import is_runtime_scalar
 from .ops import NATIVE, VIEW
 from .tensor import DeviceStorage, TorchMLIRTensor
 
 RUNNERS: dict = {}  # fast key -> Runner (insertion order: the oldest goes first)
 _BY_KERNEL: dict = {}  # id(kernel) -> the fast keys of its runners
-_INT_TYPES = (int,)
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 def fast_key(func, args, kwargs, scalar_positions):
@@ -44,8 +45,8 @@ def fast_key(func, args, kwargs, scalar_positions):
                 return None
         elif t is float:
             key.append((float, "runtime") if i in scalar_positions else (float, a.hex()))
-        elif t is int:
-            key.append((int, "runtime") if i in scalar_positions else (int, a))
+        elif t is int:  # as keys.is_runtime_scalar: an int beyond int64 is part of the key
+            key.append((int, "runtime") if i in scalar_positions and _INT64_MIN <= a <= _INT64_MAX else (int, a))
         elif a is None:
             key.append(a)
         elif t is bool:
@@ -136,8 +137,7 @@ class Runner:
         # which (flat) argument each kernel tensor input is (the call's tensors, in order)
         position = {id(a): i for i, a in enumerate(flat_args(args)) if isinstance(a, TorchMLIRTensor)}
         self.tensor_positions = tuple(position[id(t)] for t in call.tensors)
-        self.scalar_positions = tuple(i for i, a in enumerate(args) if type(a) in (float, int)
-                                      and i in call.kind.scalar_args)
+        self.scalar_positions = tuple(i for i, a in enumerate(args) if is_runtime_scalar(call.kind, i, a))
         self.live = tuple(self.tensor_positions[i] for i in plan.live_inputs)
         self.outputs = tuple((s.dtype, s.shape, s.stride, s.numel, s.numel * s.dtype.itemsize,
                               TorchMLIRTensor._metadata_of(s.dtype, s.shape, s.stride, 0)) for s in plan.out_specs)

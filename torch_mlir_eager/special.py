@@ -21,6 +21,7 @@ from .tensor import DEVICE_TYPE, DeviceStorage, TorchMLIRTensor
 
 aten = torch.ops.aten
 TO_HOST = Fallback("transfer", "copy to the host (device -> cpu)")
+OTHER_DEVICE = Fallback("transfer", "a result on another device: run on host copies")
 
 
 def handler_for(func, kind):
@@ -33,23 +34,24 @@ def handler_for(func, kind):
 
 def _to_copy(func, kind, args, kwargs):
     (src,) = args
-    target = kwargs.get("device")
-    if target is not None and torch.device(target).type == "cpu":
-        return func(src._host(), **kwargs), TO_HOST
+    if targets_other_device(kwargs):
+        return run_on_host(func, kind, args, kwargs)
     if _shares_buffer(src, kwargs):
         return share(src), METADATA
     return dispatch.run_op(func, kind, args, kwargs)
 
 
-def targets_host(kwargs) -> bool:
-    """Whether a call's `device=` asks for a CPU result (`ones_like(d, device="cpu")`)."""
+def targets_other_device(kwargs) -> bool:
+    """Whether a call's `device=` asks for a result off this device (`ones_like(d, device="cpu")`,
+    `d.to("meta")`)."""
     target = kwargs.get("device")
-    return target is not None and torch.device(target).type == "cpu"
+    return target is not None and torch.device(target).type != DEVICE_TYPE
 
 
 def run_on_host(func, kind, args, kwargs):
-    """An op asked for a CPU result: PyTorch runs it on host copies of the device tensors and
-    its result stays on the host, as `.to("cpu")` does (each read counts as a host transfer)."""
+    """An op asked for a result on another device (the CPU, meta): PyTorch runs it on host
+    copies of the device tensors and its result stays there, as `.to("cpu")` does (each read
+    counts as a host transfer)."""
     def host(x):
         if isinstance(x, TorchMLIRTensor):
             return x._host()
@@ -57,7 +59,8 @@ def run_on_host(func, kind, args, kwargs):
             return type(x)(host(v) for v in x)
         return x
 
-    return func(*host(args), **{k: host(v) for k, v in kwargs.items()}), TO_HOST
+    result = func(*host(args), **{k: host(v) for k, v in kwargs.items()})
+    return result, TO_HOST if torch.device(kwargs["device"]).type == "cpu" else OTHER_DEVICE
 
 
 def _clone(func, kind, args, kwargs):
@@ -137,11 +140,14 @@ def _copy_(func, kind, args, kwargs):
 
 def _resize_(func, kind, args, kwargs):
     t, size = args[0], tuple(args[1])
-    if size == tuple(t.shape):
+    fmt = kwargs.get("memory_format", args[2] if len(args) > 2 else None)
+    # the strides PyTorch gives: row-major, or those of the memory format asked for
+    stride = tuple(torch.empty(size, device="meta", memory_format=fmt).stride()) if fmt is not None else None
+    if size == tuple(t.shape) and (stride is None or stride == tuple(t.stride())):
         return t, METADATA
     nbytes = t._storage_ref.nbytes
     grows = (t.storage_offset() + math.prod(size)) * t.element_size() > nbytes > 0
-    t._resize(size)
+    t._resize(size, stride)
     if grows:  # the storage was copied through the host to grow it (an empty one is allocated)
         return t, Fallback("transfer", "resize_ grew the storage through the host")
     return t, METADATA

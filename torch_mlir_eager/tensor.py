@@ -316,8 +316,9 @@ class TorchMLIRTensor(torch.Tensor):
             )
         self._note_metadata(size, stride, offset)
 
-    def _resize(self, size):
-        """resize_: contiguous `size`; the storage grows (for every alias) when it must."""
+    def _resize(self, size, stride=None):
+        """resize_: `size` with `stride` (default row-major); the storage grows (for every
+        alias) when it must."""
         size = tuple(size)
         offset = self.storage_offset()
         numel = 1
@@ -333,7 +334,7 @@ class TorchMLIRTensor(torch.Tensor):
             grown[: storage.nbytes] = storage.to_host()
             storage.nbytes = needed
             storage.replace(storage.device.upload(grown))
-        self._set_metadata(size, _contiguous_strides(size), offset)
+        self._set_metadata(size, stride or _contiguous_strides(size), offset)
 
     @classmethod
     def _from_buffer(cls, device: Device, dtype, result, size, stride=None):
