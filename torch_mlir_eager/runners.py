@@ -21,13 +21,12 @@ from . import bounds
 from .buffers import dense_buffer, forget_gathers, write
 from .kernel import Kernel
 from .kernel_cache import CACHE, COMPILED, METADATA, STATS
-from .keys import is_runtime_scalar
+from .keys import _INT64, is_runtime_scalar
 from .ops import NATIVE, VIEW
 from .tensor import DeviceStorage, TorchMLIRTensor
 
 RUNNERS: dict = {}  # fast key -> Runner (insertion order: the oldest goes first)
 _BY_KERNEL: dict = {}  # id(kernel) -> the fast keys of its runners
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 def fast_key(func, args, kwargs, scalar_positions):
@@ -46,7 +45,7 @@ def fast_key(func, args, kwargs, scalar_positions):
         elif t is float:
             key.append((float, "runtime") if i in scalar_positions else (float, a.hex()))
         elif t is int:  # as keys.is_runtime_scalar: an int beyond int64 is part of the key
-            key.append((int, "runtime") if i in scalar_positions and _INT64_MIN <= a <= _INT64_MAX else (int, a))
+            key.append((int, "runtime") if i in scalar_positions and _INT64[0] <= a < _INT64[1] else (int, a))
         elif a is None:
             key.append(a)
         elif t is bool:
