@@ -51,7 +51,7 @@ def fast_key(func, args, kwargs, scalar_positions):
         elif t is bool:
             key.append((bool, a))  # not a bare True: True == 1 (a repeated tensor's position)
         elif t is list or t is tuple:
-            if a and type(a[0]) is TorchMLIRTensor:  # a list of tensors: spliced in (flat_args)
+            if _is_tensor_list(a):  # a list of tensors: spliced in (flat_args)
                 key.append((t, len(a)))
                 for v in a:
                     if type(v) is not TorchMLIRTensor:
@@ -105,17 +105,18 @@ def _tensor_key(a, key, tensors, device):
     return d
 
 
+def _is_tensor_list(a) -> bool:
+    return (type(a) is list or type(a) is tuple) and len(a) > 0 and type(a[0]) is TorchMLIRTensor
+
+
 def flat_args(args):
     """The positional arguments with each list of tensors spliced in: a runner finds its tensor
     inputs in this list (its scalars in `args` itself)."""
-    for a in args:
-        if (type(a) is list or type(a) is tuple) and a and type(a[0]) is TorchMLIRTensor:
-            break
-    else:
+    if not any(_is_tensor_list(a) for a in args):
         return args
     flat = []
     for a in args:
-        if (type(a) is list or type(a) is tuple) and a and type(a[0]) is TorchMLIRTensor:
+        if _is_tensor_list(a):
             flat.extend(a)
         else:
             flat.append(a)
@@ -132,9 +133,10 @@ class Runner:
         plan = kernel.plan
         self.kernel = kernel
         self.device = call.device
-        self.lists = flat_args(args) is not args  # tensors inside lists: positions in flat_args
+        flat = flat_args(args)
+        self.lists = flat is not args  # tensors inside lists: positions in flat_args
         # which (flat) argument each kernel tensor input is (the call's tensors, in order)
-        position = {id(a): i for i, a in enumerate(flat_args(args)) if isinstance(a, TorchMLIRTensor)}
+        position = {id(a): i for i, a in enumerate(flat) if isinstance(a, TorchMLIRTensor)}
         self.tensor_positions = tuple(position[id(t)] for t in call.tensors)
         self.scalar_positions = tuple(i for i, a in enumerate(args) if is_runtime_scalar(call.kind, i, a))
         self.live = tuple(self.tensor_positions[i] for i in plan.live_inputs)

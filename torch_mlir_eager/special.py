@@ -13,7 +13,7 @@ import torch
 from . import dispatch, views
 from .decomposed import FUSED
 from .buffers import dense_buffer, write
-from .fallback import run_native, upload
+from .fallback import HostCopies, run_native, upload
 from .kernel_cache import COMPILED, METADATA, Fallback
 from .layout import has_internal_overlap
 from .ops import classify
@@ -50,16 +50,10 @@ def targets_other_device(kwargs) -> bool:
 
 def run_on_host(func, kind, args, kwargs):
     """An op asked for a result on another device (the CPU, meta): PyTorch runs it on host
-    copies of the device tensors and its result stays there, as `.to("cpu")` does (each read
-    counts as a host transfer)."""
-    def host(x):
-        if isinstance(x, TorchMLIRTensor):
-            return x._host()
-        if isinstance(x, (list, tuple)):
-            return type(x)(host(v) for v in x)
-        return x
-
-    result = func(*host(args), **{k: host(v) for k, v in kwargs.items()})
+    copies of the device tensors (fallback.HostCopies: each storage read once and counted, none
+    for a `*_like` factory's input) and its result stays there, as `.to("cpu")` does."""
+    host = HostCopies(args, kwargs, skip_read=args[0] if not kind.reads_self and args else None)
+    result = func(*host.args, **host.kwargs)
     return result, TO_HOST if torch.device(kwargs["device"]).type == "cpu" else OTHER_DEVICE
 
 
