@@ -32,7 +32,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from . import kernel_index
-from .kernel import Kernel
+from .kernel import FlatKernel, Kernel
 from .kernel_cache import CACHE, STATS, Fallback, Pending
 from .recipe import Built, first_line, scalar_slots
 
@@ -134,8 +134,9 @@ def _load(built, recipe, device, takes_scalars, from_disk=False):
     if not built.vmfb:  # every result is zero-size: nothing to compute
         return Kernel.empty(device, recipe.name, built.plan)
     try:
-        return Kernel(device, built.vmfb, recipe.name, built.plan, from_disk=from_disk or built.from_disk,
-                      copy_inputs=built.copy_inputs, takes_scalars=takes_scalars)
+        cls = FlatKernel if recipe.flat else Kernel
+        return cls(device, built.vmfb, recipe.name, built.plan, from_disk=from_disk or built.from_disk,
+                   copy_inputs=built.copy_inputs, takes_scalars=takes_scalars)
     except Exception as e:  # noqa: BLE001
         return Fallback("load", first_line(f"{type(e).__name__}: {e}"))
 

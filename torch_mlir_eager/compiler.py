@@ -245,6 +245,8 @@ def build(recipe: Recipe, scalars=()) -> Built:
     for spec in list(recipe.specs) + list(plan.out_specs):
         if spec.dtype not in COMPILED_DTYPES:
             raise StepError("unsupported", f"dtype {spec.dtype} has no IREE element type")
+    if recipe.flat:
+        _check_flat_plan(recipe, plan)
     slots = scalar_slots(recipe.template)
     built = None
     if slots:
@@ -321,7 +323,13 @@ def _build_traced(recipe, kind, plan, scalars, slots, positions, gm=None, scalar
                     raise StepError("scalars", "runtime scalars are tried with the first decomposition only")
                 graph = _with_scalar_arguments(graph, positions, slots, scalar_values)
             dump.write("graph.txt", str(graph.graph))
-            lowered = lowering.import_and_lower(graph)
+            any_length = None
+            if recipe.flat:
+                graph2 = _trace_at_length(recipe, kind, scalars, decompositions, FLAT_LENGTHS[1])
+                if positions is not None:
+                    graph2 = _with_scalar_arguments(graph2, positions, slots, scalar_values)
+                any_length = (FLAT_LENGTHS[0], graph2, FLAT_LENGTHS[1])
+            lowered = lowering.import_and_lower(graph, any_length)
             dump.write("torch.mlir", lowered.torch_ir)
             dump.write("linalg.mlir", lowered.linalg_ir)
             vmfb, from_disk, entry = _compile(lowered.linalg_ir, recipe.flags)
@@ -335,7 +343,28 @@ def _build_traced(recipe, kind, plan, scalars, slots, positions, gm=None, scalar
     raise error
 
 
-_STEP_ORDER = {"scalars": -1, "trace": 0, "decompose": 1, "functionalize": 1, "unsupported": 1,
+# ---- shape-generic pointwise kernels (flat.py) ---------------------------------------------------
+# A flat recipe's inputs are 1-D of the first length; a second trace at the other length shows
+# that nothing in the module depends on it (lowering.import_and_lower).
+FLAT_LENGTHS = (1000003, 1000033)
+
+
+def _check_flat_plan(recipe, plan):
+    n = (FLAT_LENGTHS[0],)
+    if any(s.shape != n for s in recipe.specs) or any(s.shape != n or s.perm is not None for s in plan.out_specs) \
+            or any(shape != n for shape in plan.write_shapes):
+        raise StepError("flat", "the op's results are not elementwise in its inputs")
+
+
+def _trace_at_length(recipe, kind, scalars, decompositions, length):
+    import dataclasses
+
+    recipe = dataclasses.replace(recipe, specs=[TensorSpec((length,), (1,), s.dtype) for s in recipe.specs])
+    plan = plan_outputs(recipe, kind, scalars)
+    return _trace_with(recipe, kind, plan, scalars, decompositions)
+
+
+_STEP_ORDER = {"flat": -2, "scalars": -1, "trace": 0, "decompose": 1, "functionalize": 1, "unsupported": 1,
                "import": 2, "lower": 3, "compile": 4, "load": 5}
 
 

@@ -10,7 +10,9 @@
                  key    the op + argument metadata + scalars (keys.py; nothing is built)
                  guard  a known-wrong kernel for these dtypes or values (guards.py) -> fallback
                  entry  cache[key]; a miss builds a Kernel or a Fallback
-                        (compile_service.py: a compile worker runs compiler.py)
+                        (compile_service.py: a compile worker runs compiler.py); a
+                        pointwise call on contiguous inputs looks up its op's
+                        shape-generic kernel first (flat.py)
                  Kernel    its index inputs are bounds-checked (bounds.py); it runs on the
                            device buffers (buffers.py); fresh results become new tensors,
                            new values of written inputs replace their storages  -> compiled
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 from torch.utils._pytree import tree_unflatten
 
-from . import bounds, compile_service, decomposed, guards, runners, special, views
+from . import bounds, compile_service, decomposed, flat, guards, runners, special, views
 from .buffers import dense_buffer, take_host_work_note, write
 from .config import config
 from .fallback import run_native
@@ -95,7 +97,7 @@ def run_op(func, kind, args, kwargs, fast=None):
     problem = guards.call_guard(func, call)  # uint8, integer division by zero
     if problem is not None:
         return run_native(func, kind, args, kwargs), Fallback("guard", problem)
-    entry, key = lookup(call)
+    entry, key, call = lookup(call)
     if isinstance(entry, Kernel):
         if entry.plan.uint8_out or guards.has_uint8(call):
             problem = guards.call_guard(func, call, tuple(spec.dtype for spec in entry.plan.out_specs))
@@ -160,8 +162,20 @@ def host_only_outcome(call: OpCall) -> Fallback:
 
 # ---- the cache --------------------------------------------------------------------------------
 def lookup(call: OpCall):
-    """(Kernel | Fallback | Pending, the key it is cached under) for the call; builds on a miss.
-    A key whose op needs its scalars baked in leads to the key with their values."""
+    """(Kernel | Fallback | Pending, the key it is cached under, the call it serves) for the
+    call; builds on a miss. A pointwise call on contiguous inputs is served by its op's
+    shape-generic kernel when there is one (flat.py: the call it serves is then the flat one)."""
+    flat_call = flat.flat_call(call)
+    if flat_call is not None:
+        entry, key = _lookup(flat_call)
+        if isinstance(entry, (Kernel, Pending)):
+            return entry, key, flat_call
+    entry, key = _lookup(call)
+    return entry, key, call
+
+
+def _lookup(call: OpCall):
+    """A key whose op needs its scalars baked in leads to the key with their values."""
     entry = _cached(call.key, call, static=False)
     if entry is compile_service.STATIC_SCALARS:
         key = call.static_key()
@@ -191,6 +205,8 @@ def synchronize_compiles():
 
 # ---- running a kernel -------------------------------------------------------------------------
 def run_kernel(kernel: Kernel, call: OpCall):
+    if kernel.flat:
+        return flat.run(kernel, call)
     plan = kernel.plan
     tensors = call.tensors
     outs = iter(kernel([dense_buffer(tensors[i]) for i in plan.live_inputs], call.scalars))

@@ -23,6 +23,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from . import bounds, compile_service, views
 from .buffers import gather_of, layout_recipe, scatter_of
+from .flat import flat_call
 from .kernel_cache import CACHE, Fallback, Pending
 from .keys import abstract
 from .ops import MUTATION, NATIVE, VIEW, classify
@@ -78,7 +79,8 @@ def _want_kernels(func, kind, args, kwargs):
     if call.host_only or (kind.guard is not None and kind.guard.applies(call.tensors)):
         return
     device = call.device
-    _run.want(call.key, call.recipe(), call.scalars, device)
+    target = flat_call(call) or call  # a pointwise call's shape-generic kernel (flat.py)
+    _run.want(target.key, target.recipe(), target.scalars, device)
     for t in call.tensors:
         if isinstance(t, TorchMLIRTensor) and t.numel() and not t.covers_storage():
             _run.want(*layout_recipe(gather_of(t), t._storage_ref, t.dtype), (), device)

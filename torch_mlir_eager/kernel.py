@@ -28,8 +28,10 @@ class KernelTiming:
 class Kernel:
     """`kernel(buffers) -> buffers`: runs the module's `main` on dense device buffers."""
 
+    flat = False  # FlatKernel: shape-generic, over flat inputs of any length
+
     def __init__(self, device: Device, vmfb: bytes, name: str, plan, *, from_disk=False, copy_inputs=(),
-                 takes_scalars=False):
+                 takes_scalars=False, hal=None):
         self.device = device
         self.name = name
         self.plan = plan  # recipe.OutputPlan: how results map back to the op's results
@@ -45,7 +47,7 @@ class Kernel:
             return
         self.vmfb = vmfb
         self.work = device_work(name, plan)
-        self.hal = device.hal_for(self.work)  # hybrid device: inline or on the thread pool
+        self.hal = hal or device.hal_for(self.work)  # hybrid device: inline or on the thread pool
         self._module = rt.VmModule.copy_buffer(device.instance, vmfb)
         self._main = self._module.lookup_function("main")
         # a VM context is not safe to invoke from two threads at once: one per thread, no lock
@@ -101,3 +103,27 @@ class Kernel:
 
     def __repr__(self):
         return f"Kernel({self.name}, {len(self.plan.live_inputs)} in, {self._num_outputs} out, {self.device.driver})"
+
+
+class FlatKernel(Kernel):
+    """A shape-generic pointwise kernel (flat.py): its inputs and results are 1-D, of any length.
+    On the hybrid device it is loaded on both runtime devices, and each call's length picks one
+    (`for_length`), as the work size picks one for a kernel of static shapes."""
+
+    flat = True
+
+    def __init__(self, device: Device, vmfb: bytes, name: str, plan, **options):
+        super().__init__(device, vmfb, name, plan, hal=device.hal, **options)
+        length = plan.input_shapes[0][0] if plan.input_shapes else 1
+        per_element = max(self.work, 1) / max(length, 1)
+        self.inline = None
+        if device.inline is not None:
+            self.inline = Kernel(device, vmfb, name, plan, hal=device.inline, **options)
+            self.inline.validated = True  # validation is the entry's (this kernel's) own
+            self.inline_below = device.crossover / per_element  # lengths below it run inline
+
+    def for_length(self, n: int) -> Kernel:
+        """The kernel to invoke for inputs of `n` elements."""
+        if self.inline is not None and n < self.inline_below:
+            return self.inline
+        return self

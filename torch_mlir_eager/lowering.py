@@ -114,7 +114,13 @@ _LINALG_PIPELINE = (
 )
 
 
-def import_and_lower(gm: torch.fx.GraphModule) -> LoweredModule:
+def import_and_lower(gm: torch.fx.GraphModule, any_length=None) -> LoweredModule:
+    """Import the one-op graph into the torch dialect and lower it to linalg-on-tensors.
+
+    `any_length`: (n, gm2, n2), for a shape-generic kernel (flat.py). `gm` and `gm2` are the same
+    op traced on 1-D inputs of lengths n and n2; when their modules differ only in those lengths
+    inside tensor types, the module is lowered with a dynamic length (`[?]`), so the kernel
+    takes inputs of any length. Otherwise StepError("flat")."""
     from torch_mlir import ir
     from torch_mlir.dialects import torch as torch_d
     from torch_mlir.extras.fx_importer import FxImporter
@@ -137,6 +143,14 @@ def import_and_lower(gm: torch.fx.GraphModule) -> LoweredModule:
             importer.import_stateless_graph(gm.graph)
             module = importer.module
             torch_ir = str(module)
+            if any_length is not None:
+                n, gm2, n2 = any_length
+                importer = FxImporter(context=ctx)
+                importer.import_stateless_graph(gm2.graph)
+                torch_ir = _any_length(torch_ir, n, str(importer.module), n2)
+                module = ir.Module.parse(torch_ir, context=ctx)
+        except StepError:
+            raise
         except Exception as e:
             raise StepError("import", f"{type(e).__name__}: {e}" + _diag(diagnostics)) from None
         for name, pipeline in (("lower", _TORCH_PIPELINE), ("lower", _LINALG_PIPELINE)):
@@ -153,6 +167,15 @@ def import_and_lower(gm: torch.fx.GraphModule) -> LoweredModule:
         return LoweredModule(torch_ir=torch_ir, linalg_ir=str(module))
     finally:
         handler.detach()
+
+
+def _any_length(torch_ir: str, n: int, torch_ir2: str, n2: int) -> str:
+    """The module traced at length n with that length made dynamic, if the trace at length n2
+    is the same module but for the length; else StepError("flat")."""
+    generic = torch_ir.replace(f"[{n}]", "[?]")
+    if generic != torch_ir2.replace(f"[{n2}]", "[?]") or str(n) in generic:
+        raise StepError("flat", "the op's module depends on its inputs' length")
+    return generic
 
 
 def _diag(diagnostics):

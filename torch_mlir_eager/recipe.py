@@ -233,6 +233,7 @@ class Recipe:
     driver: str
     flags: tuple  # the compiler's target flags for the driver
     key: object = None  # the dispatch key it serves (None for kernels of no key)
+    flat: bool = False  # a shape-generic pointwise kernel over 1-D inputs of any length (flat.py)
 
     def __getstate__(self):
         state = dict(self.__dict__)

@@ -14,6 +14,8 @@ valid range (both follow from the key). Anything else takes the full path each t
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.utils._pytree import tree_unflatten
 
@@ -126,7 +128,7 @@ def flat_args(args):
 class Runner:
     """A key's kernel with everything its calls need, decided once."""
 
-    __slots__ = ("kernel", "tensor_positions", "scalar_positions", "live", "outputs", "writes", "resize",
+    __slots__ = ("kernel", "invoke", "flat", "tensor_positions", "scalar_positions", "live", "outputs", "writes", "resize",
                  "leaves", "tree", "single", "outcome", "device", "probe", "probed", "ranges", "lists")
 
     def __init__(self, kernel, call, args):
@@ -140,10 +142,19 @@ class Runner:
         self.tensor_positions = tuple(position[id(t)] for t in call.tensors)
         self.scalar_positions = tuple(i for i, a in enumerate(args) if is_runtime_scalar(call.kind, i, a))
         self.live = tuple(self.tensor_positions[i] for i in plan.live_inputs)
-        self.outputs = tuple((s.dtype, s.shape, s.stride, s.numel, s.numel * s.dtype.itemsize,
-                              TorchMLIRTensor._metadata_of(s.dtype, s.shape, s.stride, 0)) for s in plan.out_specs)
-        self.writes = tuple(self.tensor_positions[slot] for slot in plan.live_writes)
+        self.flat = kernel.flat  # a shape-generic kernel (flat.py): results take the inputs' shape
+        self.invoke = kernel
+        specs = [(s.dtype, s.shape, s.stride) for s in plan.out_specs]
         self.resize = tuple((self.tensor_positions[slot], shape) for slot, shape in zip(plan.writes, plan.write_shapes))
+        if self.flat:
+            first = call.tensors[0]
+            specs = [(dtype, first._spec[1], first._spec[2]) for dtype, _, _ in specs]
+            self.invoke = kernel.for_length(first._numel)
+            self.resize = ()  # in place: written inputs keep their shape
+        self.outputs = tuple((dtype, shape, stride, numel, numel * dtype.itemsize,
+                              TorchMLIRTensor._metadata_of(dtype, shape, stride, 0))
+                             for dtype, shape, stride in specs for numel in (math.prod(shape),))
+        self.writes = tuple(self.tensor_positions[slot] for slot in plan.live_writes)
         self.leaves = tuple((how, self.tensor_positions[v] if how == "arg" else v) for how, v in plan.leaves)
         self.tree = plan.tree
         self.single = plan.single_fresh
@@ -177,7 +188,16 @@ class Runner:
                 return None  # an out= tensor to resize: the full path does that
         if self.probe is not None and not self._in_bounds(args):
             return None  # an index out of range: the full path runs it natively, which raises
-        outs = iter(self.kernel([dense_buffer(args[i]) for i in self.live], scalars))
+        if self.flat:  # each input must be its whole storage (the key does not say)
+            buffers = []
+            for i in self.live:
+                a = args[i]
+                if a._whole_nbytes != a._storage_ref.nbytes:
+                    return None
+                buffers.append(a._storage_ref.flat(a.dtype))
+        else:
+            buffers = [dense_buffer(args[i]) for i in self.live]
+        outs = iter(self.invoke(buffers, scalars))
         device = self.device
         fresh = []
         for dtype, shape, stride, numel, nbytes, meta in self.outputs:
