@@ -246,6 +246,8 @@ def test_the_view_memo_is_bounded(monkeypatch, stats):
 def test_the_kernel_cache_is_bounded(monkeypatch, stats):
     from torch_mlir_eager.kernel_cache import CACHE
 
+    monkeypatch.setattr(torch_mlir_eager.config.config, "flat_kernels", False)  # a kernel per shape
+
     monkeypatch.setattr(CACHE, "max_entries", 20)
     for n in range(1, 40):
         x = torch.randn(n)

@@ -323,6 +323,7 @@ def test_forced_compile_failure_falls_back_once(monkeypatch, inprocess_compiler,
         return real(text, flags, **kw)
 
     monkeypatch.setattr(iree_compile, "compile_to_vmfb", failing)
+    monkeypatch.setattr(torch_mlir_eager.config.config, "flat_kernels", False)  # one key: the shaped one
     x = torch.randn(7, 13)  # a shape no other test compiles
     caplog.set_level(logging.WARNING, logger="torch_mlir_eager")
     for _ in range(3):
@@ -443,6 +444,7 @@ def test_validation_mode_turns_a_miscompile_into_a_fallback(monkeypatch, inproce
         return lambda *t: [o + 1 for o in body(*t)]  # a miscompile
 
     monkeypatch.setattr(compiler, "make_body", wrong_body)
+    monkeypatch.setattr(torch_mlir_eager.config.config, "flat_kernels", False)  # one key: the shaped one
     torch_mlir_eager.set_validate(True)
     try:
         x = torch.randn(5, 9)

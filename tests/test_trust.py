@@ -478,6 +478,7 @@ def _failing_build(monkeypatch, name):
 
 
 def test_unexpected_build_error_blocking_and_concurrent(monkeypatch, stats):
+    monkeypatch.setattr(torch_mlir_eager.config.config, "flat_kernels", False)  # one key: the shaped one
     calls = _failing_build(monkeypatch, "aten.sinh.default")
     x = torch.randn(13, 3)  # a shape no other test uses
     results, errors = [None] * 4, []
