@@ -152,19 +152,19 @@ def test_gradients_through_flat_kernels_match_native(stats):
 
 
 def test_the_length_check_refuses_a_module_that_depends_on_the_length():
-    from torch_mlir_eager.lowering import _any_length
+    from torch_mlir_eager.lowering import _any_sizes
     from torch_mlir_eager.recipe import StepError
 
     def module(n, extra=""):
         return (f"func.func @main(%arg0: !torch.vtensor<[{n}],f32>) -> !torch.vtensor<[{n}],f32> {{\n"
                 f"{extra}  return %arg0 : !torch.vtensor<[{n}],f32>\n}}")
 
-    assert _any_length(module(11), 11, module(13), 13) == module("?")
+    assert _any_sizes(module(11), (11,), module(13), (13,)) == module("?")
     with pytest.raises(StepError) as e:  # the length appears as a value, not only in types
-        _any_length(module(11, "  %int = torch.constant.int 11\n"), 11, module(13, "  %int = torch.constant.int 13\n"), 13)
+        _any_sizes(module(11, "  %int = torch.constant.int 11\n"), (11,), module(13, "  %int = torch.constant.int 13\n"), (13,))
     assert e.value.step == "flat"
     with pytest.raises(StepError):  # the two traces differ otherwise
-        _any_length(module(11), 11, module(13, "  %x = torch.constant.int 2\n"), 13)
+        _any_sizes(module(11), (11,), module(13, "  %x = torch.constant.int 2\n"), (13,))
 
 
 def test_an_op_whose_flat_build_fails_takes_kernels_of_its_shapes(inprocess_compiler, monkeypatch, stats):
@@ -174,7 +174,7 @@ def test_an_op_whose_flat_build_fails_takes_kernels_of_its_shapes(inprocess_comp
     def refuse(*args):
         raise StepError("flat", "refused for the test")
 
-    monkeypatch.setattr(lowering, "_any_length", refuse)
+    monkeypatch.setattr(lowering, "_any_sizes", refuse)
     torch_mlir_eager.reset_stats()
     for shape in [(5,), (2, 3)]:
         x = awkward(shape, 3)
@@ -246,3 +246,45 @@ def test_an_op_that_compiles_in_neither_form_falls_back_once_per_call(monkeypatc
         assert s["compile_failures"] == 2  # the flat kernel, then the kernel of its shape
     finally:
         compile_service.restart()
+
+
+# ---- batch norm in eval mode --------------------------------------------------------------------
+@pytest.mark.parametrize("affine", [True, False])
+def test_eval_batch_norm_takes_one_kernel_for_every_shape(affine, stats):
+    torch.manual_seed(0)
+    shapes = {torch.nn.BatchNorm1d: [(4, 6), (3, 6, 5)], torch.nn.BatchNorm2d: [(2, 6, 5, 5), (1, 6, 3, 7)],
+              torch.nn.BatchNorm3d: [(1, 6, 2, 3, 4)]}
+    import copy
+
+    for cls, sizes in shapes.items():
+        bn = cls(6, affine=affine).eval()
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2.0)
+        if affine:
+            torch.nn.init.normal_(bn.weight)
+            torch.nn.init.normal_(bn.bias)
+        dbn = torch_mlir_eager.to_device(copy.deepcopy(bn))
+        for i, size in enumerate(sizes):
+            x = awkward(size, i)
+            with torch.no_grad():
+                same(dbn(dev(x)), bn(x))
+        same(dbn.running_mean, bn.running_mean)  # eval mode: the running stats stay as they were
+        same(dbn.running_var, bn.running_var)
+    assert len(flat_kernels("aten.native_batch_norm.default")) == 1
+    assert shaped_kernels("aten.native_batch_norm.default") == []
+    assert stats()["fallbacks"].keys() == {"aten._to_copy.default"}
+
+
+def test_training_batch_norm_keeps_kernels_of_its_shapes(stats):
+    import copy
+
+    torch.manual_seed(0)
+    bn = torch.nn.BatchNorm2d(4).train()
+    dbn = torch_mlir_eager.to_device(copy.deepcopy(bn))
+    for size in [(2, 4, 3, 3), (3, 4, 2, 2)]:
+        x = torch.randn(size)
+        same(dbn(dev(x)).detach(), bn(x).detach())
+    same(dbn.running_mean, bn.running_mean)  # the running stats were updated as native's
+    same(dbn.running_var, bn.running_var)
+    assert flat_kernels("aten.native_batch_norm.default") == []
+    assert stats()["fallbacks"].keys() == {"aten._to_copy.default"}

@@ -323,13 +323,15 @@ def _build_traced(recipe, kind, plan, scalars, slots, positions, gm=None, scalar
                     raise StepError("scalars", "runtime scalars are tried with the first decomposition only")
                 graph = _with_scalar_arguments(graph, positions, slots, scalar_values)
             dump.write("graph.txt", str(graph.graph))
-            any_length = None
+            any_sizes = None
             if recipe.flat:
-                graph2 = _trace_at_length(recipe, kind, scalars, decompositions, FLAT_LENGTHS[1])
+                from .flat import SENTINELS
+
+                graph2 = _trace_at_second_sizes(recipe, kind, scalars, decompositions)
                 if positions is not None:
                     graph2 = _with_scalar_arguments(graph2, positions, slots, scalar_values)
-                any_length = (FLAT_LENGTHS[0], graph2, FLAT_LENGTHS[1])
-            lowered = lowering.import_and_lower(graph, any_length)
+                any_sizes = (SENTINELS[0], graph2, SENTINELS[1])
+            lowered = lowering.import_and_lower(graph, any_sizes)
             dump.write("torch.mlir", lowered.torch_ir)
             dump.write("linalg.mlir", lowered.linalg_ir)
             vmfb, from_disk, entry = _compile(lowered.linalg_ir, recipe.flags)
@@ -343,23 +345,33 @@ def _build_traced(recipe, kind, plan, scalars, slots, positions, gm=None, scalar
     raise error
 
 
-# ---- shape-generic pointwise kernels (flat.py) ---------------------------------------------------
-# A flat recipe's inputs are 1-D of the first length; a second trace at the other length shows
-# that nothing in the module depends on it (lowering.import_and_lower).
-FLAT_LENGTHS = (1000003, 1000033)
+# ---- shape-generic kernels (flat.py) ------------------------------------------------------------
+# A flat recipe's tensors have sentinel sizes (flat.SENTINELS[0]); a second trace at the other
+# sentinels shows that nothing in the module depends on them (lowering.import_and_lower).
 
 
 def _check_flat_plan(recipe, plan):
-    n = (FLAT_LENGTHS[0],)
-    if any(s.shape != n for s in recipe.specs) or any(s.shape != n or s.perm is not None for s in plan.out_specs) \
-            or any(shape != n for shape in plan.write_shapes):
-        raise StepError("flat", "the op's results are not elementwise in its inputs")
+    from .flat import SENTINELS
+
+    def generic(shape):  # made of sentinels, or zero-size
+        return all(d in SENTINELS[0] for d in shape) or 0 in shape
+
+    if any(not generic(s.shape) or s.perm is not None for s in plan.out_specs) \
+            or any(not generic(shape) for shape in plan.write_shapes):
+        raise StepError("flat", "the op's results are not shaped by its inputs' sizes alone")
 
 
-def _trace_at_length(recipe, kind, scalars, decompositions, length):
+def _trace_at_second_sizes(recipe, kind, scalars, decompositions):
     import dataclasses
 
-    recipe = dataclasses.replace(recipe, specs=[TensorSpec((length,), (1,), s.dtype) for s in recipe.specs])
+    from .flat import SENTINELS
+
+    second = dict(zip(*SENTINELS))
+    specs = []
+    for s in recipe.specs:
+        shape = tuple(second.get(d, d) for d in s.shape)
+        specs.append(TensorSpec(shape, layout.contiguous_strides(shape), s.dtype))
+    recipe = dataclasses.replace(recipe, specs=specs)
     plan = plan_outputs(recipe, kind, scalars)
     return _trace_with(recipe, kind, plan, scalars, decompositions)
 

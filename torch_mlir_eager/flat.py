@@ -1,70 +1,100 @@
-"""Shape-generic pointwise kernels: one kernel per op for inputs of every shape.
+"""Shape-generic kernels: one kernel per op for inputs of every shape.
 
-A pointwise op (PyTorch's `pointwise` tag: relu, add, mul, threshold_backward, ...) whose
-tensor inputs all have the same shape, are row-major and are each their whole storage computes
-the same thing as the op on those storages taken as 1-D arrays. Such a call is keyed by its
-*flat key*: the call's key with each tensor's shape and strides left out (dtypes, scalars and
-the rest stay). Its kernel is built once, over 1-D inputs of a dynamic length (compiler.py
-traces the op at two lengths and checks that nothing else differs), and serves every shape:
-ResNet18 builds one relu_ and one add_ instead of five and four, and a model that sees a new
-sequence length builds no new pointwise kernels.
+Two kinds of call compute the same thing whatever their shapes, once their inputs are seen in a
+fixed rank, so their kernels are keyed by a *flat key*: the call's key with each tensor's shape
+and strides left out (dtypes, scalars and the rest stay).
 
-Results take the inputs' shape and (row-major) strides, which is what PyTorch gives for such
-inputs. A call that is not eligible, or whose op does not build this way (the flat build fails
-with step "flat" or any other), takes its own kernel, keyed by shape, as before.
+* A **pointwise** op (PyTorch's `pointwise` tag: relu, add, mul, where, threshold_backward, ...)
+  whose tensor inputs all have one shape: each input is taken as a 1-D array of its n elements.
+* **Batch norm in eval mode** (`native_batch_norm` with training=False): the input (N, C, ...)
+  as (N, C, L), the per-channel tensors as (C,).
+
+Every tensor must be row-major and its whole storage (so that its storage is that array). The
+kernel is built over dynamic sizes: compiler.py traces the op at two sets of sentinel sizes and
+lowering.py keeps the module only if the two differ in nothing but those sizes inside tensor
+types. Results come back in the same form, and take the first input's shape (row-major), which
+is what PyTorch gives for such inputs. ResNet18 builds one relu_, one add_ and one batch norm
+instead of five, four and five, and a model that sees a new sequence length builds no new
+pointwise kernels. A call that is not eligible, or whose op does not build this way, takes a
+kernel of its own shape, keyed by shape, as before.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch.utils._pytree import tree_unflatten
 
 from .buffers import write
 from .config import config
+from .iree_compile import op_flags
 from .keys import OpCall
 from .layout import contiguous_strides
 from .ops import FUNCTIONAL, MUTATION
 from .recipe import Recipe, TensorSpec
-from .iree_compile import op_flags
 from .tensor import TorchMLIRTensor
 
-# the length flat recipes are traced at (compiler.FLAT_LENGTHS[0]; the compiler stack is not
-# imported here)
-TRACE_LENGTH = 1000003
+# The sizes flat recipes are traced at: dim i of a flat shape is SENTINELS[0][i] in the recipe and
+# SENTINELS[1][i] in the second trace (compiler.py). Distinct, so that each maps back to one size.
+SENTINELS = ((1009, 1013, 1019), (1021, 1031, 1033))
 
-_ELIGIBLE: dict = {}
+POINTWISE, BATCH_NORM = "pointwise", "batch_norm"
+_RULES: dict = {}
 
 
-def _eligible_op(func, kind) -> bool:
-    ok = _ELIGIBLE.get(func)
-    if ok is None:
-        from . import special
+def _rule(func, kind):
+    if func in _RULES:
+        return _RULES[func]
+    from . import special
 
-        ok = _ELIGIBLE[func] = (
-            isinstance(func, torch._ops.OpOverload) and torch.Tag.pointwise in func.tags
-            and (kind.kind == FUNCTIONAL or (kind.kind == MUTATION and kind.written == ("self",)))
-            and not kind.bounds and not kind.inplace_view and special.handler_for(func, kind) is None
-        )
-    return ok
+    rule = None
+    if isinstance(func, torch._ops.OpOverload) and not kind.bounds and not kind.inplace_view \
+            and special.handler_for(func, kind) is None:
+        if torch.Tag.pointwise in func.tags and (
+                kind.kind == FUNCTIONAL or (kind.kind == MUTATION and kind.written == ("self",))):
+            rule = POINTWISE
+        elif func is torch.ops.aten.native_batch_norm.default:  # (it writes the running stats)
+            rule = BATCH_NORM
+    _RULES[func] = rule
+    return rule
 
 
 def flat_call(call: OpCall):
     """The call as a flat call (keyed without shapes), or None when it is not eligible."""
-    if not config.flat_kernels or call.host_only or not _eligible_op(call.func, call.kind):
+    if not config.flat_kernels or call.host_only:
         return None
+    rule = _rule(call.func, call.kind)
     tensors = call.tensors
-    if not tensors:
-        return None
-    spec = tensors[0]._spec
-    shape, stride = spec[1], spec[2]
-    if tensors[0]._numel == 0 or stride != contiguous_strides(shape):
+    if rule is None or not tensors:
         return None
     for t in tensors:
-        if not isinstance(t, TorchMLIRTensor) or not covers(t) or t._spec[1] != shape or t._spec[2] != stride:
+        if not isinstance(t, TorchMLIRTensor) or not covers(t) or t._spec[2] != contiguous_strides(t._spec[1]):
             return None
-    key = ("flat",) + tuple((e[0], "flat") if type(e) is tuple and len(e) == 3 and isinstance(e[0], torch.dtype)
-                            else e for e in call.key)
-    return FlatCall(call.func, call.kind, key, tensors, call.scalars, call.device, call.args, call.kwargs, False)
+    first = tensors[0]
+    if first._numel == 0:
+        return None
+    shape = first._spec[1]
+    if rule == POINTWISE:
+        if any(t._spec[1] != shape for t in tensors):
+            return None
+        dims = (first._numel,)
+        flat_shapes = [dims] * len(tensors)
+    else:  # batch norm: (input, weight, bias, running_mean, running_var, training=False, momentum, eps)
+        args = call.args
+        if call.kwargs or len(args) < 8 or args[5] is not False or args[0] is not first or len(shape) < 2 \
+                or args[3] is None or args[4] is None:
+            return None
+        channels = shape[1]
+        if any(t._spec[1] != (channels,) for t in tensors[1:]):
+            return None
+        dims = (shape[0], channels, math.prod(shape[2:]))
+        flat_shapes = [dims] + [(channels,)] * (len(tensors) - 1)
+    key = ("flat", rule) + tuple((e[0], "flat") if type(e) is tuple and len(e) == 3 and isinstance(e[0], torch.dtype)
+                                 else e for e in call.key)
+    flat = FlatCall(call.func, call.kind, key, tensors, call.scalars, call.device, call.args, call.kwargs, False)
+    flat.dims, flat.flat_shapes = dims, flat_shapes
+    return flat
 
 
 def covers(t) -> bool:
@@ -73,33 +103,53 @@ def covers(t) -> bool:
 
 
 class FlatCall(OpCall):
-    """An eligible call under its flat key; its recipe has 1-D inputs."""
+    """An eligible call under its flat key: `dims`, the sizes its sentinels stand for, and
+    `flat_shapes`, each tensor input's shape as the kernel takes it."""
 
-    __slots__ = ()
+    __slots__ = ("dims", "flat_shapes")
 
     def recipe(self, static: bool = False) -> Recipe:
-        specs = [TensorSpec((TRACE_LENGTH,), (1,), t.dtype) for t in self.tensors]
+        specs = [TensorSpec(s, contiguous_strides(s), t.dtype)
+                 for s, t in zip(self.trace_shapes(), self.tensors)]
         device = self.device
         return Recipe(self.kind.name, self.func, self.template(bake_scalars=static), specs, device.driver,
                       op_flags(device.compile_flags, self.kind.name), self.static_key() if static else self.key,
                       flat=True)
 
+    def trace_shapes(self):
+        """Each tensor's flat shape with the sentinels in place of its sizes."""
+        rank = len(self.dims)
+        first = SENTINELS[0][:rank]
+        return [first if len(s) == rank else (first[1],) for s in self.flat_shapes]
 
-def flat_buffer(t):
-    """A tensor that is its whole storage, as the 1-D array a flat kernel takes."""
-    return t._storage_ref.flat(t.dtype)
+    def results(self, plan):
+        """(dtype, shape, strides) of each fresh result: the sentinels in the plan's shapes
+        replaced by this call's sizes; the first input's flat shape is its real shape."""
+        sizes = dict(zip(SENTINELS[0], self.dims))
+        main, real = self.flat_shapes[0], self.tensors[0]._spec[1]
+        out = []
+        for spec in plan.out_specs:
+            shape = tuple(sizes.get(d, d) for d in spec.shape)
+            if shape == main:
+                shape = real
+            out.append((spec.dtype, shape, contiguous_strides(shape)))
+        return out
+
+    def buffers(self, plan):
+        """The live inputs' storages, as the arrays the kernel takes."""
+        tensors, shapes = self.tensors, self.flat_shapes
+        return [tensors[i]._storage_ref.view(tensors[i].dtype, shapes[i]) for i in plan.live_inputs]
 
 
-def run(kernel, call):
+def run(kernel, call: FlatCall):
     """Run a flat kernel (kernel.FlatKernel) on a flat call: results of the inputs' shape."""
     plan = kernel.plan
     tensors = call.tensors
-    first = tensors[0]
-    shape, stride = first._spec[1], first._spec[2]
-    invoke = kernel.for_length(first._numel)
-    outs = iter(invoke([flat_buffer(tensors[i]) for i in plan.live_inputs], call.scalars))
+    invoke = kernel.for_length(tensors[0]._numel)
+    outs = iter(invoke(call.buffers(plan), call.scalars))
     device = call.device
-    fresh = [TorchMLIRTensor._from_buffer(device, spec.dtype, next(outs), shape, stride) for spec in plan.out_specs]
+    fresh = [TorchMLIRTensor._from_buffer(device, dtype, next(outs) if math.prod(shape) else None, shape, stride)
+             for dtype, shape, stride in call.results(plan)]
     for slot in plan.live_writes:
         write(tensors[slot], next(outs))
     if plan.single_fresh:

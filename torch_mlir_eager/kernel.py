@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 
@@ -106,15 +107,15 @@ class Kernel:
 
 
 class FlatKernel(Kernel):
-    """A shape-generic pointwise kernel (flat.py): its inputs and results are 1-D, of any length.
-    On the hybrid device it is loaded on both runtime devices, and each call's length picks one
-    (`for_length`), as the work size picks one for a kernel of static shapes."""
+    """A shape-generic kernel (flat.py): its inputs and results have dynamic sizes. On the hybrid
+    device it is loaded on both runtime devices, and each call's first input's element count
+    picks one (`for_length`), as the work size picks one for a kernel of static shapes."""
 
     flat = True
 
     def __init__(self, device: Device, vmfb: bytes, name: str, plan, **options):
         super().__init__(device, vmfb, name, plan, hal=device.hal, **options)
-        length = plan.input_shapes[0][0] if plan.input_shapes else 1
+        length = math.prod(plan.input_shapes[0]) if plan.input_shapes else 1  # the first input's elements
         per_element = max(self.work, 1) / max(length, 1)
         self.inline = None
         if device.inline is not None:

@@ -114,13 +114,13 @@ _LINALG_PIPELINE = (
 )
 
 
-def import_and_lower(gm: torch.fx.GraphModule, any_length=None) -> LoweredModule:
+def import_and_lower(gm: torch.fx.GraphModule, any_sizes=None) -> LoweredModule:
     """Import the one-op graph into the torch dialect and lower it to linalg-on-tensors.
 
-    `any_length`: (n, gm2, n2), for a shape-generic kernel (flat.py). `gm` and `gm2` are the same
-    op traced on 1-D inputs of lengths n and n2; when their modules differ only in those lengths
-    inside tensor types, the module is lowered with a dynamic length (`[?]`), so the kernel
-    takes inputs of any length. Otherwise StepError("flat")."""
+    `any_sizes`: (sizes, gm2, sizes2), for a shape-generic kernel (flat.py). `gm` and `gm2` are
+    the same op traced with inputs of the sentinel sizes `sizes` and `sizes2`; when their modules
+    differ only in those sizes inside tensor types, the module is lowered with those sizes
+    dynamic (`?`), so the kernel takes inputs of any sizes. Otherwise StepError("flat")."""
     from torch_mlir import ir
     from torch_mlir.dialects import torch as torch_d
     from torch_mlir.extras.fx_importer import FxImporter
@@ -143,11 +143,11 @@ def import_and_lower(gm: torch.fx.GraphModule, any_length=None) -> LoweredModule
             importer.import_stateless_graph(gm.graph)
             module = importer.module
             torch_ir = str(module)
-            if any_length is not None:
-                n, gm2, n2 = any_length
+            if any_sizes is not None:
+                sizes, gm2, sizes2 = any_sizes
                 importer = FxImporter(context=ctx)
                 importer.import_stateless_graph(gm2.graph)
-                torch_ir = _any_length(torch_ir, n, str(importer.module), n2)
+                torch_ir = _any_sizes(torch_ir, sizes, str(importer.module), sizes2)
                 module = ir.Module.parse(torch_ir, context=ctx)
         except StepError:
             raise
@@ -169,13 +169,22 @@ def import_and_lower(gm: torch.fx.GraphModule, any_length=None) -> LoweredModule
         handler.detach()
 
 
-def _any_length(torch_ir: str, n: int, torch_ir2: str, n2: int) -> str:
-    """The module traced at length n with that length made dynamic, if the trace at length n2
-    is the same module but for the length; else StepError("flat")."""
-    generic = torch_ir.replace(f"[{n}]", "[?]")
-    if generic != torch_ir2.replace(f"[{n2}]", "[?]") or str(n) in generic:
-        raise StepError("flat", "the op's module depends on its inputs' length")
+def _any_sizes(torch_ir: str, sizes, torch_ir2: str, sizes2) -> str:
+    """The module traced at `sizes` with those sizes made dynamic (`?`) in its tensor types, if
+    the trace at `sizes2` is the same module but for them; else StepError("flat")."""
+    generic, generic2 = _dynamic(torch_ir, sizes), _dynamic(torch_ir2, sizes2)
+    if generic != generic2 or any(re.search(rf"\b{n}\b", generic) for n in sizes):
+        raise StepError("flat", "the op's module depends on its inputs' sizes")
     return generic
+
+
+def _dynamic(torch_ir: str, sizes) -> str:
+    names = {str(n) for n in sizes}
+
+    def dims(m):
+        return "vtensor<[" + ",".join("?" if d in names else d for d in m.group(1).split(",")) + "]"
+
+    return re.sub(r"vtensor<\[([0-9,?]*)\]", dims, torch_ir)
 
 
 def _diag(diagnostics):

@@ -142,15 +142,15 @@ class Runner:
         self.tensor_positions = tuple(position[id(t)] for t in call.tensors)
         self.scalar_positions = tuple(i for i, a in enumerate(args) if is_runtime_scalar(call.kind, i, a))
         self.live = tuple(self.tensor_positions[i] for i in plan.live_inputs)
-        self.flat = kernel.flat  # a shape-generic kernel (flat.py): results take the inputs' shape
+        self.flat = None  # a shape-generic kernel (flat.py): the shapes it takes its inputs in
         self.invoke = kernel
         specs = [(s.dtype, s.shape, s.stride) for s in plan.out_specs]
         self.resize = tuple((self.tensor_positions[slot], shape) for slot, shape in zip(plan.writes, plan.write_shapes))
-        if self.flat:
-            first = call.tensors[0]
-            specs = [(dtype, first._spec[1], first._spec[2]) for dtype, _, _ in specs]
-            self.invoke = kernel.for_length(first._numel)
+        if kernel.flat:
+            specs = call.results(plan)
+            self.invoke = kernel.for_length(call.tensors[0]._numel)
             self.resize = ()  # in place: written inputs keep their shape
+            self.flat = tuple(call.flat_shapes[i] for i in plan.live_inputs)
         self.outputs = tuple((dtype, shape, stride, numel, numel * dtype.itemsize,
                               TorchMLIRTensor._metadata_of(dtype, shape, stride, 0))
                              for dtype, shape, stride in specs for numel in (math.prod(shape),))
@@ -190,11 +190,11 @@ class Runner:
             return None  # an index out of range: the full path runs it natively, which raises
         if self.flat:  # each input must be its whole storage (the key does not say)
             buffers = []
-            for i in self.live:
+            for i, shape in zip(self.live, self.flat):
                 a = args[i]
                 if a._whole_nbytes != a._storage_ref.nbytes:
                     return None
-                buffers.append(a._storage_ref.flat(a.dtype))
+                buffers.append(a._storage_ref.view(a.dtype, shape))
         else:
             buffers = [dense_buffer(args[i]) for i in self.live]
         outs = iter(self.invoke(buffers, scalars))
