@@ -38,6 +38,12 @@ FLAG_SETS = {
                               "builtin.module(util.func(iree-preprocessing-convert-conv2d-to-img2col))"],
     "channels-last": ["--iree-preprocessing-pass-pipeline="
                       "builtin.module(util.func(iree-preprocessing-convert-conv-to-channels-last))"],
+    # on top of the convolution flags now in effect (iree_compile.CPU_OP_CLASS_FLAGS): the data-tiled
+    # matmul without ukernels, and the data-tiled matmul's distribution tile at other sizes
+    "no-ukernels": ["--iree-llvmcpu-enable-ukernels=none"],
+    "tile-bytes-16k": ["--iree-llvmcpu-matmul-tile-bytes=16384"],
+    "tile-bytes-64k": ["--iree-llvmcpu-matmul-tile-bytes=65536"],
+    "tile-bytes-256k": ["--iree-llvmcpu-matmul-tile-bytes=262144"],
 }
 
 OPS = {

@@ -220,7 +220,7 @@ def test_precompile_builds_the_flat_kernel_a_call_uses(stats):
     assert stats()["cache_misses"] == 0 and stats()["compiled_calls"] == 4
 
 
-def test_an_op_that_compiles_in_neither_form_falls_back_once_per_call(monkeypatch, stats):
+def test_an_op_that_compiles_in_neither_form_falls_back_once_per_call(inprocess_compiler, monkeypatch, stats):
     from torch_mlir_eager import iree_compile
 
     real = iree_compile.compile_to_vmfb
@@ -231,21 +231,14 @@ def test_an_op_that_compiles_in_neither_form_falls_back_once_per_call(monkeypatc
         return real(text, flags, **kw)
 
     monkeypatch.setattr(iree_compile, "compile_to_vmfb", failing)
-    monkeypatch.setenv("TORCH_MLIR_EAGER_COMPILE_WORKERS", "0")
-    from torch_mlir_eager import compile_service
-
-    compile_service.restart()
-    try:
-        torch_mlir_eager.reset_stats()
-        x = awkward((11, 2), 5)  # a shape no other test compiles
-        for _ in range(3):
-            same(torch.expm1(dev(x)), torch.expm1(x))
-        s = stats()
-        assert s["fallbacks"]["aten.expm1.default"]["count"] == 3 and s["compiled_calls"] == 0
-        assert s["fallback_calls"] == 6  # the three calls and the three reads
-        assert s["compile_failures"] == 2  # the flat kernel, then the kernel of its shape
-    finally:
-        compile_service.restart()
+    torch_mlir_eager.reset_stats()
+    x = awkward((11, 2), 5)
+    for _ in range(3):
+        same(torch.expm1(dev(x)), torch.expm1(x))
+    s = stats()
+    assert s["fallbacks"]["aten.expm1.default"]["count"] == 3 and s["compiled_calls"] == 0
+    assert s["fallback_calls"] == 6  # the three calls and the three reads
+    assert s["compile_failures"] == 2  # the flat kernel, then the kernel of its shape
 
 
 # ---- batch norm in eval mode --------------------------------------------------------------------

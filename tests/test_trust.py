@@ -523,6 +523,7 @@ def test_unexpected_error_in_the_compiler_is_a_fallback(monkeypatch, inprocess_c
 
 def test_unexpected_build_error_non_blocking(monkeypatch, stats):
     calls = _failing_build(monkeypatch, "aten.cosh.default")
+    monkeypatch.setattr(torch_mlir_eager.config.config, "flat_kernels", False)  # one key: the shaped one
     x = torch.randn(13, 5)
     torch_mlir_eager.set_async_compile(True)
     try:
@@ -564,7 +565,10 @@ def test_a_validation_verdict_holds_in_later_processes(tmp_path):
     import sys
 
     # in-process compiles, so that the first process's patched compiler builds the kernel
-    env = dict(__import__("os").environ, TORCH_MLIR_EAGER_CACHE_DIR=str(tmp_path), TORCH_MLIR_EAGER_COMPILE_WORKERS="0")
+    # and one key per call, the shaped one (a disabled shape-generic kernel would leave the shaped
+    # kernel, built by the unpatched compiler in the later process, to serve the call)
+    env = dict(__import__("os").environ, TORCH_MLIR_EAGER_CACHE_DIR=str(tmp_path), TORCH_MLIR_EAGER_COMPILE_WORKERS="0",
+               TORCH_MLIR_EAGER_FLAT_KERNELS="0")
 
     def run(mode):
         out = subprocess.run([sys.executable, "-c", _WRONG_SINH, mode], env=env, capture_output=True, text=True, timeout=600)
