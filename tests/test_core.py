@@ -444,7 +444,6 @@ def test_validation_mode_turns_a_miscompile_into_a_fallback(monkeypatch, inproce
         return lambda *t: [o + 1 for o in body(*t)]  # a miscompile
 
     monkeypatch.setattr(compiler, "make_body", wrong_body)
-    monkeypatch.setattr(torch_mlir_eager.config.config, "flat_kernels", False)  # one key: the shaped one
     torch_mlir_eager.set_validate(True)
     try:
         x = torch.randn(5, 9)

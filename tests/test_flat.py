@@ -281,3 +281,50 @@ def test_training_batch_norm_keeps_kernels_of_its_shapes(stats):
     same(dbn.running_var, bn.running_var)
     assert flat_kernels("aten.native_batch_norm.default") == []
     assert stats()["fallbacks"].keys() == {"aten._to_copy.default"}
+
+
+@pytest.mark.parametrize("pair", ["second_transposed", "broadcast_row", "broadcast_0d", "second_offset"])
+def test_a_later_input_that_differs_takes_a_kernel_of_its_shape(pair, stats):
+    a = torch.randn(4, 3)
+    b = {
+        "second_transposed": torch.randn(3, 4).t(),  # its whole storage, column-major
+        "broadcast_row": torch.randn(1, 3),
+        "broadcast_0d": torch.tensor(2.5),
+        "second_offset": torch.randn(2, 4, 3)[1],
+    }[pair]
+    base = torch.randn(2, 4, 3) if pair == "second_offset" else None
+    if base is not None:
+        b = base[1]
+        db = dev(base)[1]
+    else:
+        db = dev(b) if b.dim() else b  # a 0-d CPU tensor joins as it is
+    if pair == "second_transposed":
+        db = dev(b.t().contiguous()).t()
+    same(dev(a) + db, a + b)
+    same(torch.maximum(dev(a), db), torch.maximum(a, b))
+    assert flat_kernels("aten.add.Tensor") == [] and len(shaped_kernels("aten.add.Tensor")) == 1
+    assert stats()["fallbacks"].keys() == {"aten._to_copy.default"}
+
+
+def test_a_flat_kernel_that_validation_catches_disables_the_op_for_every_shape(monkeypatch, inprocess_compiler, stats):
+    from torch_mlir_eager import compiler
+
+    real_body = compiler.make_body
+
+    def wrong_body(recipe, plan, kind, scalars):
+        body = real_body(recipe, plan, kind, scalars)
+        return body if recipe.name != "aten.cosh.default" else (lambda *t: [o + 1 for o in body(*t)])
+
+    monkeypatch.setattr(compiler, "make_body", wrong_body)
+    torch_mlir_eager.set_validate(True)
+    try:
+        for shape in [(5,), (2, 3), (4, 4)]:
+            x = torch.randn(shape)
+            same(torch.cosh(dev(x)), torch.cosh(x))
+    finally:
+        torch_mlir_eager.set_validate(False)
+    s = stats()
+    assert s["validation_mismatches"] == 1  # the flat kernel; no kernel of any shape was built after it
+    assert s["fallbacks"]["aten.cosh.default"] == {"count": 3, "step": "validate",
+                                                   "reason": s["fallbacks"]["aten.cosh.default"]["reason"]}
+    assert shaped_kernels("aten.cosh.default") == []

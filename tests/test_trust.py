@@ -565,10 +565,7 @@ def test_a_validation_verdict_holds_in_later_processes(tmp_path):
     import sys
 
     # in-process compiles, so that the first process's patched compiler builds the kernel
-    # and one key per call, the shaped one (a disabled shape-generic kernel would leave the shaped
-    # kernel, built by the unpatched compiler in the later process, to serve the call)
-    env = dict(__import__("os").environ, TORCH_MLIR_EAGER_CACHE_DIR=str(tmp_path), TORCH_MLIR_EAGER_COMPILE_WORKERS="0",
-               TORCH_MLIR_EAGER_FLAT_KERNELS="0")
+    env = dict(__import__("os").environ, TORCH_MLIR_EAGER_CACHE_DIR=str(tmp_path), TORCH_MLIR_EAGER_COMPILE_WORKERS="0")
 
     def run(mode):
         out = subprocess.run([sys.executable, "-c", _WRONG_SINH, mode], env=env, capture_output=True, text=True, timeout=600)
@@ -874,3 +871,21 @@ def test_a_bool_tensor_plus_a_python_bool_is_or_not_xor(stats):
         same(dev(xb) + False, xb + False)
         same(dev(xb) + dev(yb), xb + yb)  # two tensors compile right
     assert stats()["fallbacks"]["aten.add.Tensor"]["step"] == "guard"
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.int16, torch.int32, torch.int64])
+def test_shifts_by_an_amount_outside_the_bit_width_give_native_values(dtype, stats):
+    x = torch.arange(-3, 4, dtype=dtype)
+    bits = torch.iinfo(dtype).bits
+    for amount in (0, 1, bits - 1, bits, bits + 8, 64, 100):
+        same(dev(x) << amount, x << amount)
+        same(dev(x) >> amount, x >> amount)
+        same(torch.bitwise_left_shift(dev(x), amount), torch.bitwise_left_shift(x, amount))
+        same(dev(x) >> torch.tensor(amount), x >> torch.tensor(amount))  # a 0-d CPU tensor amount
+        y, dy = x.clone(), dev(x)
+        y <<= amount
+        dy <<= amount
+        same(dy, y)
+    s = stats()
+    assert s["fallbacks"]["aten.__lshift__.Scalar"]["step"] == "guard"
+    assert s["compiled_calls"] > 0  # amounts inside the width still compile

@@ -168,7 +168,9 @@ def lookup(call: OpCall):
     flat_call = flat.flat_call(call)
     if flat_call is not None:
         entry, key = _lookup(flat_call)
-        if isinstance(entry, (Kernel, Pending)):
+        # a shape-generic kernel that validation caught disables the op's other kernels too: the
+        # lowering is suspect, and a kernel of the call's shape would run unchecked in a later process
+        if isinstance(entry, (Kernel, Pending)) or (isinstance(entry, Fallback) and entry.step == "validate"):
             return entry, key, flat_call
     entry, key = _lookup(call)
     return entry, key, call

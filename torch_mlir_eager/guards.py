@@ -109,10 +109,33 @@ def call_guard(func, call, out_dtypes=None) -> str | None:
         return _zero_division(call)
     if name in _MASK_INDEXED and _has_mask_index(call):
         return MASK_INDEX_REASON
+    if name in _SHIFTS and _shift_out_of_range(call):
+        return SHIFT_REASON
     if name in _ADD and tensors and all(t.dtype is torch.bool for t in tensors) and (
             any(type(a) is bool for a in call.args[1:]) or type(call.kwargs.get("alpha")) is bool):
         return BOOL_ADD_REASON
     return None
+
+
+# A shift by a scalar amount outside [0, bits): PyTorch gives 0 (<<) or the sign (>>); LLVM's shift
+# is undefined there (a shape-generic kernel returned the element index, a shaped one 0 for >>).
+# The amount is a Python number (in the key) or a 0-d CPU tensor (no runner serves those calls).
+_SHIFTS = frozenset({"__lshift__", "__rshift__", "__ilshift__", "__irshift__", "bitwise_left_shift",
+                     "bitwise_right_shift", "bitwise_left_shift_", "bitwise_right_shift_"})
+SHIFT_REASON = "a shift by an amount outside [0, bits) runs natively: the kernel's shift is undefined there"
+
+
+def _shift_out_of_range(call) -> bool:
+    if len(call.args) < 2 or not isinstance(call.args[0], torch.Tensor) or call.args[0].is_floating_point():
+        return False
+    amount = call.args[1]
+    if isinstance(amount, torch.Tensor) and amount.dim() == 0 and amount.device.type == "cpu":
+        amount = amount.item()
+    if type(amount) is not int:
+        return False
+    dtype = call.args[0].dtype
+    bits = 1 if dtype is torch.bool else torch.iinfo(dtype).bits if not dtype.is_complex else 0
+    return not 0 <= amount < bits
 
 
 # A bool tensor plus a Python bool: the kernel adds 1-bit integers, which wrap (True + True gave
