@@ -889,3 +889,43 @@ def test_shifts_by_an_amount_outside_the_bit_width_give_native_values(dtype, sta
     s = stats()
     assert s["fallbacks"]["aten.__lshift__.Scalar"]["step"] == "guard"
     assert s["compiled_calls"] > 0  # amounts inside the width still compile
+
+
+def test_shifts_of_bool_tensors_behave_as_native():
+    b = torch.tensor([True, False, True])
+    for amount in (torch.tensor(True), torch.tensor(False), 1, True, 0):
+        try:
+            want, error = torch.bitwise_left_shift(b, amount), None
+        except Exception as e:  # noqa: BLE001
+            want, error = None, type(e)
+        if error is None:
+            same(torch.bitwise_left_shift(dev(b), amount), want)
+        else:
+            with pytest.raises(error):
+                torch.bitwise_left_shift(dev(b), amount)
+
+
+@pytest.mark.parametrize("case", ["integer_input", "double_params_for_float", "float_params_for_double"])
+def test_batch_norm_dtypes_pytorch_refuses_raise_as_native(case):
+    import torch.nn.functional as F
+
+    x = {"integer_input": torch.randint(0, 5, (2, 3, 4)), "double_params_for_float": torch.randn(2, 3, 4),
+         "float_params_for_double": torch.randn(2, 3, 4, dtype=torch.float64)}[case]
+    pdtype = {"integer_input": torch.float32, "double_params_for_float": torch.float64,
+              "float_params_for_double": torch.float32}[case]
+    rm, rv = torch.randn(3, dtype=pdtype), torch.rand(3, dtype=pdtype) + 0.5
+    with pytest.raises(Exception) as native:
+        F.batch_norm(x, rm, rv, None, None, False)
+    with pytest.raises(type(native.value)):
+        F.batch_norm(dev(x), dev(rm), dev(rv), None, None, False)
+
+
+def test_batch_norm_of_half_input_with_float_parameters_compiles_and_matches(stats):
+    import torch.nn.functional as F
+
+    for dtype in (torch.float16, torch.bfloat16):
+        x = torch.randn(2, 3, 4).to(dtype)
+        rm, rv, w, b = torch.randn(3), torch.rand(3) + 0.5, torch.randn(3), torch.randn(3)
+        same(F.batch_norm(dev(x), dev(rm), dev(rv), dev(w), dev(b), False),
+             F.batch_norm(x, rm, rv, w, b, False), exact=False)
+    no_fallback(stats())

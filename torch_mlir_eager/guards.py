@@ -111,6 +111,8 @@ def call_guard(func, call, out_dtypes=None) -> str | None:
         return MASK_INDEX_REASON
     if name in _SHIFTS and _shift_out_of_range(call):
         return SHIFT_REASON
+    if name in _BATCH_NORMS and _batch_norm_dtypes_rejected(call):
+        return BATCH_NORM_DTYPE_REASON
     if name in _ADD and tensors and all(t.dtype is torch.bool for t in tensors) and (
             any(type(a) is bool for a in call.args[1:]) or type(call.kwargs.get("alpha")) is bool):
         return BOOL_ADD_REASON
@@ -126,16 +128,39 @@ SHIFT_REASON = "a shift by an amount outside [0, bits) runs natively: the kernel
 
 
 def _shift_out_of_range(call) -> bool:
+    """Also True for a bool tensor, which PyTorch does not shift (it raises)."""
     if len(call.args) < 2 or not isinstance(call.args[0], torch.Tensor) or call.args[0].is_floating_point():
         return False
+    dtype = call.args[0].dtype
+    if dtype is torch.bool:
+        return True
     amount = call.args[1]
     if isinstance(amount, torch.Tensor) and amount.dim() == 0 and amount.device.type == "cpu":
         amount = amount.item()
-    if type(amount) is not int:
+    if type(amount) is bool:
+        amount = int(amount)
+    if type(amount) is not int or dtype.is_complex:
         return False
-    dtype = call.args[0].dtype
-    bits = 1 if dtype is torch.bool else torch.iinfo(dtype).bits if not dtype.is_complex else 0
-    return not 0 <= amount < bits
+    return not 0 <= amount < torch.iinfo(dtype).bits
+
+
+# Batch norm of an integer input, or with parameters of a dtype PyTorch's CPU kernel refuses: it
+# raises; the kernel computed garbage (an int64 result) or a float32 result.
+_BATCH_NORMS = frozenset({"native_batch_norm", "_native_batch_norm_legit", "_native_batch_norm_legit_no_training",
+                          "_native_batch_norm_legit_functional"})
+BATCH_NORM_DTYPE_REASON = "batch norm of these dtypes runs natively (PyTorch's CPU kernel refuses them)"
+_REDUCED = (torch.float16, torch.bfloat16)
+
+
+def _batch_norm_dtypes_rejected(call) -> bool:
+    args = call.args
+    if not args or not isinstance(args[0], torch.Tensor):
+        return False
+    dtype = args[0].dtype
+    if not dtype.is_floating_point:
+        return True
+    params = [a for a in args[1:5] if isinstance(a, torch.Tensor)]
+    return any(p.dtype != dtype and not (dtype in _REDUCED and p.dtype is torch.float32) for p in params)
 
 
 # A bool tensor plus a Python bool: the kernel adds 1-bit integers, which wrap (True + True gave
