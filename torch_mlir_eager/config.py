@@ -14,7 +14,7 @@ class Config:
     validate: bool = _env_flag("TORCH_MLIR_EAGER_VALIDATE")
     # Compile on a background pool and run natively until the kernel is ready.
     async_compile: bool = _env_flag("TORCH_MLIR_EAGER_ASYNC_COMPILE")
-    # Pointwise ops on contiguous inputs share one shape-generic kernel per op (flat.py).
+    # Pointwise ops and eval batch norm on row-major inputs share one shape-generic kernel per op (flat.py).
     flat_kernels: bool = os.environ.get("TORCH_MLIR_EAGER_FLAT_KERNELS", "1").strip().lower() not in ("0", "false", "no", "off")
 
 

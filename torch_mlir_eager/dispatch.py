@@ -11,8 +11,8 @@
                  guard  a known-wrong kernel for these dtypes or values (guards.py) -> fallback
                  entry  cache[key]; a miss builds a Kernel or a Fallback
                         (compile_service.py: a compile worker runs compiler.py); a
-                        pointwise call on contiguous inputs looks up its op's
-                        shape-generic kernel first (flat.py)
+                        pointwise or eval batch-norm call on row-major inputs looks
+                        up its op's shape-generic kernel first (flat.py)
                  Kernel    its index inputs are bounds-checked (bounds.py); it runs on the
                            device buffers (buffers.py); fresh results become new tensors,
                            new values of written inputs replace their storages  -> compiled
@@ -163,8 +163,8 @@ def host_only_outcome(call: OpCall) -> Fallback:
 # ---- the cache --------------------------------------------------------------------------------
 def lookup(call: OpCall):
     """(Kernel | Fallback | Pending, the key it is cached under, the call it serves) for the
-    call; builds on a miss. A pointwise call on contiguous inputs is served by its op's
-    shape-generic kernel when there is one (flat.py: the call it serves is then the flat one)."""
+    call; builds on a miss. An eligible call (flat.py: pointwise, eval batch norm) is served by
+    its op's shape-generic kernel when there is one; the call it serves is then the flat one."""
     flat_call = flat.flat_call(call)
     if flat_call is not None:
         entry, key = _lookup(flat_call)

@@ -79,7 +79,7 @@ def _want_kernels(func, kind, args, kwargs):
     if call.host_only or (kind.guard is not None and kind.guard.applies(call.tensors)):
         return
     device = call.device
-    target = flat_call(call) or call  # a pointwise call's shape-generic kernel (flat.py)
+    target = flat_call(call) or call  # its shape-generic kernel, when it has one (flat.py)
     _run.want(target.key, target.recipe(), target.scalars, device)
     for t in call.tensors:
         if isinstance(t, TorchMLIRTensor) and t.numel() and not t.covers_storage():
