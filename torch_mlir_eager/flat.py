@@ -69,7 +69,7 @@ def flat_call(call: OpCall):
     if rule is None or not tensors:
         return None
     for t in tensors:
-        if not isinstance(t, TorchMLIRTensor) or not covers(t) or t._spec[2] != contiguous_strides(t._spec[1]):
+        if not isinstance(t, TorchMLIRTensor) or not t.covers_storage() or t._spec[2] != contiguous_strides(t._spec[1]):
             return None
     first = tensors[0]
     if first._numel == 0:
@@ -95,11 +95,6 @@ def flat_call(call: OpCall):
     flat = FlatCall(call.func, call.kind, key, tensors, call.scalars, call.device, call.args, call.kwargs, False)
     flat.dims, flat.flat_shapes = dims, flat_shapes
     return flat
-
-
-def covers(t) -> bool:
-    """The tensor is its whole storage (dense, offset 0): the storage is its flat array."""
-    return t._whole_nbytes == t._storage_ref.nbytes
 
 
 class FlatCall(OpCall):
