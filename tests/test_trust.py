@@ -929,3 +929,34 @@ def test_batch_norm_of_half_input_with_float_parameters_compiles_and_matches(sta
         same(F.batch_norm(dev(x), dev(rm), dev(rv), dev(w), dev(b), False),
              F.batch_norm(x, rm, rv, w, b, False), exact=False)
     no_fallback(stats())
+
+
+# (1, 9, 3, 9) * (3, 3, 3, 9), groups 3: the output (1, 3, 1, 1) is the bias's size, and IREE's
+# kernel computed the convolution in the bias's own buffer (the caller's bias was overwritten).
+GROUPED_ONE_OUTPUT = {
+    "conv2d": (lambda x, w, b: F.conv2d(x, w, b, groups=3), (1, 9, 3, 9), (3, 3, 3, 9), 3),
+    "conv1d": (lambda x, w, b: F.conv1d(x, w, b, groups=2), (1, 4, 3), (2, 2, 3), 2),
+    "conv3d_unbatched": (lambda x, w, b: F.conv3d(x, w, b, groups=3), (9, 3, 1, 9), (3, 3, 3, 1, 9), 3),
+    "conv_transpose2d": (lambda x, w, b: F.conv_transpose2d(x, w, b, groups=2), (1, 4, 1, 1), (4, 1, 1, 1), 2),
+    "depthwise": (lambda x, w, b: F.conv2d(x, w, b, groups=4), (1, 4, 3, 3), (4, 1, 3, 3), 4),
+}
+
+
+@pytest.mark.parametrize("case", sorted(GROUPED_ONE_OUTPUT))
+def test_grouped_convolution_leaves_its_bias_unchanged(case, stats):
+    fn, xs, ws, bs = GROUPED_ONE_OUTPUT[case]
+    x, w, b = torch.randn(xs), torch.randn(ws), torch.randn(bs)
+    want = fn(x, w, b)
+    db = dev(b)
+    for _ in range(2):  # the second call is the key's hit path
+        same(fn(dev(x), dev(w), db), want, exact=False)
+        same(db, b)
+    # a larger output (the same op at batch 2, or a larger input) still compiles, and keeps its bias
+    x2 = torch.randn((2,) + tuple(xs[1:])) if len(xs) == len(ws) else torch.randn(xs[0], xs[1], *(s + 2 for s in xs[2:]))
+    stats_before = stats()["compiled_calls"]
+    db = dev(b)
+    same(fn(dev(x2), dev(w), db), fn(x2, w, b), exact=False)
+    same(db, b)
+    s = stats()
+    assert s["compiled_calls"] > stats_before
+    assert s["fallbacks"]["aten.convolution.default"]["step"] == "guard"

@@ -113,6 +113,8 @@ def call_guard(func, call, out_dtypes=None) -> str | None:
         return SHIFT_REASON
     if name in _BATCH_NORMS and _batch_norm_dtypes_rejected(call):
         return BATCH_NORM_DTYPE_REASON
+    if name == "convolution" and _grouped_conv_writes_bias(call):
+        return GROUPED_CONV_BIAS_REASON
     if name in _ADD and tensors and all(t.dtype is torch.bool for t in tensors) and (
             any(type(a) is bool for a in call.args[1:]) or type(call.kwargs.get("alpha")) is bool):
         return BOOL_ADD_REASON
@@ -161,6 +163,35 @@ def _batch_norm_dtypes_rejected(call) -> bool:
         return True
     params = [a for a in args[1:5] if isinstance(a, torch.Tensor)]
     return any(p.dtype != dtype and not (dtype in _REDUCED and p.dtype is torch.float32) for p in params)
+
+
+# A grouped convolution with a bias whose output is the bias's size (batch 1, every output spatial
+# size 1): the bias broadcast folds to a reshape, and IREE (3.13, any flags) computes the
+# convolution in place in the bias's buffer: the result is right, the caller's bias is overwritten.
+GROUPED_CONV_BIAS_REASON = ("a grouped convolution whose output is its bias's size runs natively: "
+                            "IREE's kernel writes the result into the bias")
+
+
+def _grouped_conv_writes_bias(call) -> bool:
+    args = call.args
+    if len(args) < 9 or not isinstance(args[2], torch.Tensor) or args[8] == 1:
+        return False
+    x, w = args[0], args[1]
+    if not isinstance(x, torch.Tensor) or not isinstance(w, torch.Tensor) or x.dim() < 3 or x.shape[0] != 1:
+        return False
+    stride, padding, dilation, transposed, output_padding = args[3:8]
+    for i, size in enumerate(x.shape[2:]):
+        k, s, p, d = w.shape[2 + i], _at(stride, i), _at(padding, i), _at(dilation, i)
+        out = ((size - 1) * s - 2 * p + d * (k - 1) + _at(output_padding, i) + 1 if transposed
+               else (size + 2 * p - d * (k - 1) - 1) // s + 1)
+        if out != 1:
+            return False
+    return True
+
+
+def _at(values, i):
+    return values[i] if isinstance(values, (list, tuple)) and len(values) > i else (
+        values[0] if isinstance(values, (list, tuple)) else values)
 
 
 # A bool tensor plus a Python bool: the kernel adds 1-bit integers, which wrap (True + True gave
