@@ -960,3 +960,71 @@ def test_grouped_convolution_leaves_its_bias_unchanged(case, stats):
     s = stats()
     assert s["compiled_calls"] > stats_before
     assert s["fallbacks"]["aten.convolution.default"]["step"] == "guard"
+
+
+# Max pooling by one strided slice per window offset (decompositions._max_pool_by_offsets): values,
+# indices and gradients as PyTorch's CPU kernel gives them, over awkward values and geometries.
+# Before it, IREE rejected some of these geometries (a compile fallback) and ResNet18's pool took
+# three pools and a gather.
+POOL_GEOMETRIES = [  # kernel, stride, padding, dilation, ceil_mode
+    (3, 2, 1, 1, False), (2, 1, 1, 1, True), (3, 3, 1, 2, True), (2, 2, 0, 1, True), ((1, 3), (2, 1), (0, 1), 1, False),
+    (3, 1, 0, 2, False),
+]
+
+
+def _awkward(shape, dtype=torch.float32):
+    x, r = torch.randn(shape), torch.rand(shape)
+    x[r < 0.08] = float("nan")
+    x[(r >= 0.08) & (r < 0.16)] = -float("inf")
+    x[(r >= 0.16) & (r < 0.22)] = float("inf")
+    x[(r >= 0.22) & (r < 0.3)] = 0.0
+    x[(r >= 0.3) & (r < 0.38)] = -0.0
+    return x.to(dtype)
+
+
+def _same_bits(got, want):
+    same(got, want)
+    if want.is_floating_point():
+        assert torch.equal(host(got).signbit(), want.signbit())  # the first of equal zeros, as native
+
+
+@pytest.mark.parametrize("geometry", POOL_GEOMETRIES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "unbatched"])
+def test_max_pool2d_values_indices_and_gradients_match_native_on_awkward_inputs(geometry, layout, stats):
+    x = _awkward((2, 3, 9, 8))
+    x[0, 0, :4, :4] = -float("inf")  # windows of -inf: their first element inside the input
+    x[1, 1, :, :] = float("nan")
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    elif layout == "unbatched":
+        x = x[0]
+    vn, in_ = F.max_pool2d(x, *geometry, return_indices=True)
+    vd, id_ = F.max_pool2d(dev(x), *geometry, return_indices=True)
+    no_fallback(stats())
+    _same_bits(vd, vn)
+    same(id_, in_)
+    finite = torch.where(torch.isfinite(x), x, torch.zeros(()))  # gradients through the indices
+    xn, xd = finite.clone().requires_grad_(), dev(finite).requires_grad_()
+    w = torch.randn(F.max_pool2d(finite, *geometry).shape)
+    (F.max_pool2d(xn, *geometry) * w).sum().backward()
+    (F.max_pool2d(xd, *geometry) * dev(w)).sum().backward()
+    same(xd.grad, xn.grad)
+    assert stats()["compiled_calls"] > 0
+
+
+@pytest.mark.parametrize("case", ["pool1d", "pool3d", "pool3d_ceil_dilated", "float16", "float64", "all_nan", "all_minus_inf"])
+def test_max_pool_other_ranks_and_dtypes_match_native(case, stats):
+    fn, x = {
+        "pool1d": (lambda t: F.max_pool1d(t, 3, 2, 1, return_indices=True), _awkward((2, 3, 11))),
+        "pool3d": (lambda t: F.max_pool3d(t, 2, 1, 1, return_indices=True), _awkward((1, 2, 4, 5, 6))),
+        "pool3d_ceil_dilated": (lambda t: F.max_pool3d(t, 2, 2, 0, 2, True, return_indices=True), _awkward((1, 2, 6, 5, 7))),
+        "float16": (lambda t: F.max_pool2d(t, 3, 2, 1, return_indices=True), _awkward((1, 4, 7, 7), torch.float16)),
+        "float64": (lambda t: F.max_pool2d(t, 2, 2, 0, 1, True, return_indices=True), _awkward((1, 4, 7, 7), torch.float64)),
+        "all_nan": (lambda t: F.max_pool2d(t, 3, 2, 1, return_indices=True), torch.full((1, 1, 5, 5), float("nan"))),
+        "all_minus_inf": (lambda t: F.max_pool2d(t, 3, 2, 1, return_indices=True), torch.full((1, 1, 5, 5), -float("inf"))),
+    }[case]
+    vn, in_ = fn(x)
+    vd, id_ = fn(dev(x))
+    no_fallback(stats())
+    _same_bits(vd, vn)
+    same(id_, in_)

@@ -24,6 +24,7 @@ Three things hold for every decomposition here:
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import struct
 import threading
@@ -875,6 +876,61 @@ def _unpadded_index(index, geometry):
     return result
 
 
+# A window of at most this many elements is pooled by _max_pool_by_offsets: one strided slice per
+# window offset, which IREE fuses into one elementwise pass (ResNet18's 3x3 pool: 0.3 ms against
+# 3.9 ms for three pools and a gather of indices). Larger windows (a global pool) keep the pools.
+_MAX_UNROLLED_WINDOW = 64
+
+
+def _per_dim(v, spatial):
+    v = list(v) if isinstance(v, (list, tuple)) else [v]
+    return v * spatial if len(v) == 1 else v
+
+
+def _max_pool_by_offsets(x, geometry, kernel, stride, dilation):
+    """Max pooling with indices as PyTorch's CPU kernel computes them. It scans each window in
+    order, starting from -inf and the index of the window's first element inside the input, and
+    an element replaces the maximum when `val > max || isnan(val)`. So the maximum is the first
+    of equal values (its zero's sign too), a NaN wins with the last NaN's index, and a window of
+    -inf keeps its first element. Padding reads -inf and is never taken.
+
+    Three chains of elementwise ops over one strided slice per window offset, each link used once
+    so that IREE fuses a chain into one pass: the maximum; then the first offset equal to it; and
+    the last NaN."""
+    spatial = len(geometry)
+    ext = _window_extent(x, geometry, -math.inf)
+    plane_strides = [math.prod(n for n, *_ in geometry[d + 1:]) for d in range(spatial)]
+
+    def along(d, v):  # a per-output-position vector along spatial dim d, shaped to broadcast
+        return v.reshape([-1] + [1] * (spatial - 1 - d))
+
+    base = first = 0  # flat input index of a window's position 0, and of its first element inside
+    for d, ((n, o, _, p), s, dil, w) in enumerate(zip(geometry, stride, dilation, plane_strides)):
+        start = torch.arange(o, dtype=torch.int64) * s - p
+        base = base + along(d, start * w)
+        inside = start + torch.div(torch.clamp(-start, min=0) + dil - 1, dil, rounding_mode="floor") * dil
+        first = first + along(d, torch.clamp(inside, 0, n - 1) * w)
+
+    def windows():  # (the window offset's slice, its flat input index), in scan order
+        for offsets in itertools.product(*(range(k) for k in kernel)):
+            window = ext
+            for d, ((_, o, _, _), k, s, dil) in enumerate(zip(geometry, offsets, stride, dilation)):
+                window = aten.slice.Tensor(window, x.dim() - spatial + d, k * dil, k * dil + (o - 1) * s + 1, s)
+            yield window, base + sum(k * dil * w for k, dil, w in zip(offsets, dilation, plane_strides))
+
+    scan = list(windows())
+    values = torch.full_like(scan[0][0], -math.inf)
+    for window, _ in scan:
+        values = torch.where((window > values) | torch.isnan(window), window, values)
+    equal = last_nan = torch.zeros(values.shape, dtype=torch.int64) + first
+    for window, at in reversed(scan):
+        equal = torch.where(window == values, at, equal)
+    for window, at in scan:
+        last_nan = torch.where(torch.isnan(window), at, last_nan)
+    index = torch.where(torch.isnan(values), last_nan, torch.where(values == -math.inf, first, equal))
+    return values, index
+
+
 def _register_max_pool(op, spatial):
     # torch-mlir pools the values with a max that keeps NaN, then takes as index the first
     # position in the window equal to the pooled value: never one when that is NaN, so a window
@@ -886,6 +942,10 @@ def _register_max_pool(op, spatial):
             values, index = decomposition(x.unsqueeze(0), kernel_size, stride, padding, dilation, ceil_mode)
             return values.squeeze(0), index.squeeze(0)
         geometry = _pool_geometry(x.shape[-spatial:], kernel_size, stride, padding, dilation, ceil_mode)
+        if x.is_floating_point() and math.prod(_per_dim(kernel_size, spatial)) <= _MAX_UNROLLED_WINDOW:
+            return _max_pool_by_offsets(x, geometry, _per_dim(kernel_size, spatial),
+                                        _per_dim(stride, spatial) or _per_dim(kernel_size, spatial),
+                                        _per_dim(dilation, spatial))
         args = (kernel_size, stride, padding, dilation, ceil_mode)
         pads = None
         if any(e != n + 2 * p for n, o, e, p in geometry):
