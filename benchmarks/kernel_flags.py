@@ -44,6 +44,10 @@ FLAG_SETS = {
     "tile-bytes-16k": ["--iree-llvmcpu-matmul-tile-bytes=16384"],
     "tile-bytes-64k": ["--iree-llvmcpu-matmul-tile-bytes=65536"],
     "tile-bytes-256k": ["--iree-llvmcpu-matmul-tile-bytes=262144"],
+    # 3x3 stride-1 convolutions as Winograd F(6x6, 3x3): input transform, batched matmul, output
+    # transform (the other convolutions keep the flags above)
+    "winograd": ["--iree-preprocessing-pass-pipeline="
+                 "builtin.module(util.func(iree-linalg-ext-convert-conv2d-to-winograd{replace-all-convs=true}))"],
 }
 
 OPS = {
@@ -75,6 +79,7 @@ def main():
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--resnet-rounds", type=int, default=15)
     p.add_argument("--sets", default=",".join(FLAG_SETS))
+    p.add_argument("--ops", default="", help="comma-separated substrings of the op names to run (default: all)")
     p.add_argument("--out", default=os.path.join(HERE, "results", "kernel_flags.json"))
     args = p.parse_args()
 
@@ -86,7 +91,8 @@ def main():
     devices = {name: _device_with(FLAG_SETS[name], f"hybrid+{name}") for name in sets}
     report = {"machine": bu.machine_description(), "rounds": args.rounds, "ops": {}, "resnet18": {}}
     torch.manual_seed(0)
-    for op_name, (fn, shapes) in OPS.items():
+    ops = {n: v for n, v in OPS.items() if not args.ops or any(o in n for o in args.ops.split(","))}
+    for op_name, (fn, shapes) in ops.items():
         inputs = [torch.randn(s) for s in shapes]
         want = fn(*inputs)
         calls, usable = {}, {}
@@ -96,6 +102,9 @@ def main():
             got = fn(*dev_inputs)
             s = tme.stats()
             ok = s["fallback_calls"] == 0 and torch.allclose(got._host(), want, atol=1e-3, rtol=1e-3)
+            if s["fallback_calls"] == 0:
+                err = ((got._host() - want).abs().max() / want.abs().max()).item()
+                print(f"  {op_name} {name}: max error / max |value| = {err:.2e}", flush=True)
             usable[name] = ok if s["fallback_calls"] == 0 else f"fell back: {list(s['fallbacks'].values())[0]['reason'][:120]}"
             if ok:
                 calls[name] = lambda fn=fn, dev_inputs=dev_inputs: fn(*dev_inputs)
