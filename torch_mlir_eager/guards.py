@@ -113,8 +113,12 @@ def call_guard(func, call, out_dtypes=None) -> str | None:
         return SHIFT_REASON
     if name in _BATCH_NORMS and _batch_norm_dtypes_rejected(call):
         return BATCH_NORM_DTYPE_REASON
-    if name == "convolution" and _grouped_conv_writes_bias(call):
-        return GROUPED_CONV_BIAS_REASON
+    if name in _CONVOLUTIONS:
+        reason = _convolution_reason(call)
+        if reason:
+            return reason
+    if name == "convolution_backward" and _grouped_strided_weight_grad(call):
+        return GROUPED_CONV_WEIGHT_GRAD_REASON
     if name in _ADD and tensors and all(t.dtype is torch.bool for t in tensors) and (
             any(type(a) is bool for a in call.args[1:]) or type(call.kwargs.get("alpha")) is bool):
         return BOOL_ADD_REASON
@@ -165,28 +169,54 @@ def _batch_norm_dtypes_rejected(call) -> bool:
     return any(p.dtype != dtype and not (dtype in _REDUCED and p.dtype is torch.float32) for p in params)
 
 
-# A grouped convolution with a bias whose output is the bias's size (batch 1, every output spatial
-# size 1): the bias broadcast folds to a reshape, and IREE (3.13, any flags) computes the
-# convolution in place in the bias's buffer: the result is right, the caller's bias is overwritten.
+# Convolutions IREE or torch-mlir get wrong (found by sweeps against native; `_convolution`, what
+# torch.jit.trace records, takes the same first 9 arguments):
+# - grouped, one output channel per group and more than one input channel, with a bias, and the
+#   output the bias's size (batch 1, every output spatial size 1): the bias broadcast folds to a
+#   reshape and IREE 3.13 (any flags) computes the convolution in place in the bias's buffer. The
+#   result is right; the caller's bias is overwritten (and the next call with it is wrong).
+# - transposed, with an output_padding and a padding larger than dilation * (kernel - 1): garbage.
+# - the backward of a grouped, strided, not transposed convolution: a wrong weight gradient.
+_CONVOLUTIONS = frozenset({"convolution", "_convolution"})
 GROUPED_CONV_BIAS_REASON = ("a grouped convolution whose output is its bias's size runs natively: "
                             "IREE's kernel writes the result into the bias")
+TRANSPOSED_CONV_PADDING_REASON = ("a transposed convolution with output_padding and a padding larger than "
+                                  "dilation * (kernel - 1) runs natively: torch-mlir's lowering gives wrong values")
+GROUPED_CONV_WEIGHT_GRAD_REASON = ("the weight gradient of a grouped, strided convolution runs natively: "
+                                   "torch-mlir's lowering gives wrong values")
 
 
-def _grouped_conv_writes_bias(call) -> bool:
+def _convolution_reason(call) -> str | None:
     args = call.args
-    if len(args) < 9 or not isinstance(args[2], torch.Tensor) or args[8] == 1:
-        return False
-    x, w = args[0], args[1]
-    if not isinstance(x, torch.Tensor) or not isinstance(w, torch.Tensor) or x.dim() < 3 or x.shape[0] != 1:
-        return False
-    stride, padding, dilation, transposed, output_padding = args[3:8]
+    if len(args) < 9 or not isinstance(args[0], torch.Tensor) or not isinstance(args[1], torch.Tensor):
+        return None
+    x, w, bias, stride, padding, dilation, transposed, output_padding, groups = args[:9]
+    if x.dim() < 3:
+        return None
+    kernel = w.shape[2:]
+    if transposed and any(_at(output_padding, i) > 0 and _at(padding, i) > _at(dilation, i) * (k - 1)
+                          for i, k in enumerate(kernel)):
+        return TRANSPOSED_CONV_PADDING_REASON
+    in_per_group, out_per_group = (w.shape[0] // groups, w.shape[1]) if transposed else (w.shape[1], w.shape[0] // groups)
+    if groups == 1 or not isinstance(bias, torch.Tensor) or out_per_group != 1 or in_per_group == 1 \
+            or x.shape[0] != 1:
+        return None
     for i, size in enumerate(x.shape[2:]):
-        k, s, p, d = w.shape[2 + i], _at(stride, i), _at(padding, i), _at(dilation, i)
+        k, s, p, d = kernel[i], _at(stride, i), _at(padding, i), _at(dilation, i)
         out = ((size - 1) * s - 2 * p + d * (k - 1) + _at(output_padding, i) + 1 if transposed
                else (size + 2 * p - d * (k - 1) - 1) // s + 1)
         if out != 1:
-            return False
-    return True
+            return None
+    return GROUPED_CONV_BIAS_REASON
+
+
+def _grouped_strided_weight_grad(call) -> bool:
+    args = call.args
+    if len(args) < 11:
+        return False
+    stride, transposed, groups, mask = args[4], args[7], args[9], args[10]
+    return groups != 1 and not transposed and bool(mask[1]) and any(
+        _at(stride, i) > 1 for i in range(max(len(stride), 1) if isinstance(stride, (list, tuple)) else 1))
 
 
 def _at(values, i):
