@@ -196,3 +196,15 @@ def test_gpu_target_flags_are_accepted(driver):
     """Cross-compiling for the GPU targets needs no GPU: the flag spellings are right."""
     vmfb = compile_to_vmfb(ADD_MODULE, target_flags(driver), mode="inprocess")
     assert len(vmfb) > 0
+
+
+def test_convolutions_go_channels_last_at_batch_1_only():
+    from torch_mlir_eager import iree_compile
+
+    cpu = iree_compile.target_flags("local-task")
+    channels_last = iree_compile.CPU_BATCH1_CONV_FLAGS[0]
+    assert channels_last in iree_compile.op_flags(cpu, "aten.convolution.default", (1, 64, 56, 56))
+    for shape in [(8, 64, 56, 56), None]:  # 1.9-19x slower at batch 8
+        flags = iree_compile.op_flags(cpu, "aten.convolution.default", shape)
+        assert channels_last not in flags and "--iree-global-opt-use-im2col-for-convs" in flags
+    assert iree_compile.op_flags(cpu, "aten.mm.default", (1, 64)) == tuple(cpu)

@@ -149,22 +149,27 @@ def target_flags(driver: str) -> list[str]:
 # 127.0 ms with the defaults (0.45x); a 7x7 stride-2 stem 0.27x, a 1x1 stride-2 0.06x, 3x3 at
 # 128/256 channels 0.64-0.69x, at 64 channels 1.07x. Matmuls gain nothing from them (attention's
 # bmm 1.19x), so only convolutions get them.
-# On top of those, converting the convolution to channels-last first (transposes IREE fuses into
-# the im2col and the result) makes the im2col gather read contiguous channels: 3x3 convolutions
-# 0.70-0.84x, ResNet18 0.73x (30.5 against 41.8 ms). Without im2col, or with a blocked
-# `tiling-factor`, IREE's channels-last convolution is 13-40x slower.
 CPU_OP_CLASS_FLAGS = {
     "aten.convolution.default": ("--iree-global-opt-use-im2col-for-convs", "--iree-opt-data-tiling",
-                                 "--iree-llvmcpu-enable-ukernels=all",
-                                 "--iree-preprocessing-pass-pipeline="
-                                 "builtin.module(util.func(iree-preprocessing-convert-conv-to-channels-last))"),
+                                 "--iree-llvmcpu-enable-ukernels=all"),
 }
+# At batch 1, convolutions are first converted to channels-last (transposes IREE fuses into the
+# im2col and the result), so that the im2col gather reads contiguous channels: 3x3 convolutions
+# 0.70-0.84x, ResNet18 0.73x (30.5 against 41.8 ms; kernel_flags_channels_last.json). At batch 8
+# the same convolutions were 1.9-2.9x slower with it (a 1x1 stride-2 one 19x), so only batch 1
+# gets it. Without im2col, or with a blocked `tiling-factor`, IREE's channels-last convolution
+# is 13-40x slower.
+CPU_BATCH1_CONV_FLAGS = ("--iree-preprocessing-pass-pipeline="
+                         "builtin.module(util.func(iree-preprocessing-convert-conv-to-channels-last))",)
 
 
-def op_flags(flags, op_name: str) -> tuple:
+def op_flags(flags, op_name: str, input_shape=None) -> tuple:
     """`flags` (a device's target flags) with the flags of `op_name`'s class, for llvm-cpu
-    targets; inserted before $TORCH_MLIR_EAGER_COMPILE_FLAGS, which still override them."""
+    targets; inserted before $TORCH_MLIR_EAGER_COMPILE_FLAGS, which still override them.
+    `input_shape`: the shape of the call's first tensor (a convolution's input)."""
     extra = CPU_OP_CLASS_FLAGS.get(op_name)
+    if extra and op_name == "aten.convolution.default" and input_shape and input_shape[0] == 1:
+        extra = extra + CPU_BATCH1_CONV_FLAGS
     flags = tuple(flags)
     if not extra or "--iree-hal-local-target-device-backends=llvm-cpu" not in flags:
         return flags

@@ -80,7 +80,8 @@ class OpCall:
         specs = [TensorSpec(tuple(t.shape), tuple(t.stride()), t.dtype) for t in self.tensors]
         device = self.device
         return Recipe(self.kind.name, self.func, self.template(bake_scalars=static), specs, device.driver,
-                      op_flags(device.compile_flags, self.kind.name), self.static_key() if static else self.key)
+                      op_flags(device.compile_flags, self.kind.name, specs[0].shape if specs else None),
+                      self.static_key() if static else self.key)
 
     def static_key(self):
         from .compile_service import static_key_of
