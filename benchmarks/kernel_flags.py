@@ -44,6 +44,8 @@ FLAG_SETS = {
     "tile-bytes-16k": ["--iree-llvmcpu-matmul-tile-bytes=16384"],
     "tile-bytes-64k": ["--iree-llvmcpu-matmul-tile-bytes=65536"],
     "tile-bytes-256k": ["--iree-llvmcpu-matmul-tile-bytes=262144"],
+    # batch-1 convolutions without the channels-last conversion now in effect for them
+    "no-channels-last": ["--iree-preprocessing-pass-pipeline="],
     # 3x3 stride-1 convolutions as Winograd F(6x6, 3x3): input transform, batched matmul, output
     # transform (the other convolutions keep the flags above)
     "winograd": ["--iree-preprocessing-pass-pipeline="
