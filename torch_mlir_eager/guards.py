@@ -215,8 +215,8 @@ def _grouped_strided_weight_grad(call) -> bool:
     if len(args) < 11:
         return False
     stride, transposed, groups, mask = args[4], args[7], args[9], args[10]
-    return groups != 1 and not transposed and bool(mask[1]) and any(
-        _at(stride, i) > 1 for i in range(max(len(stride), 1) if isinstance(stride, (list, tuple)) else 1))
+    strides = stride if isinstance(stride, (list, tuple)) else [stride]
+    return groups != 1 and not transposed and bool(mask[1]) and any(s > 1 for s in strides)
 
 
 def _at(values, i):
