@@ -29,6 +29,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+import dataclasses
 from dataclasses import dataclass
 
 from . import kernel_index
@@ -103,11 +104,23 @@ def build_entry(recipe, scalars, device):
         # the op needs its scalars baked in: this kernel serves the key with these values
         kernel_index.remember_static_scalars(recipe.key, recipe.flags)
         static_key = static_key_of(recipe.key, scalars)
-        kernel_index.remember_kernel(static_key, recipe.flags, outcome)
+        _remember(kernel, static_key, recipe.flags, outcome)
         CACHE.set(static_key, kernel)
         return STATIC_SCALARS
-    kernel_index.remember_kernel(recipe.key, recipe.flags, outcome)
+    _remember(kernel, recipe.key, recipe.flags, outcome)
     return kernel
+
+
+def _remember(kernel, key, flags, built):
+    """Index a new kernel; its record is written again with the verdict of its first call."""
+    built.entry = kernel_index.remember_kernel(key, flags, built) or built.entry
+    _on_probed(kernel, key, flags, built)
+
+
+def _on_probed(kernel, key, flags, built):
+    if not kernel.probed:
+        kernel.on_probed = lambda copy_inputs: kernel_index.remember_kernel(
+            key, flags, dataclasses.replace(built, copy_inputs=tuple(copy_inputs), probed=True))
 
 
 def static_key_of(key, scalars):
@@ -121,12 +134,15 @@ def _from_record(record, recipe, device):
     if "static_scalars" in record:
         return STATIC_SCALARS
     takes = bool(record.get("runtime_scalars")) and bool(scalar_slots(recipe.template))
-    built = Built(record["vmfb"], record["plan"], tuple(record.get("copy_inputs", ())))
+    built = Built(record["vmfb"], record["plan"], tuple(record.get("copy_inputs", ())),
+                  runtime_scalars=bool(record.get("runtime_scalars")), from_disk=True, entry=record["kernel"],
+                  probed=bool(record.get("probed")))
     kernel = _load(built, recipe, device, takes_scalars=takes, from_disk=True)
     if isinstance(kernel, Fallback):  # a stored kernel that does not load: build it again
         log.warning("%s: the cached kernel does not load (%s); rebuilding it", recipe.name, kernel.reason)
         kernel_index.forget(record)
         return None
+    _on_probed(kernel, recipe.key, recipe.flags, built)
     return kernel
 
 
@@ -136,7 +152,7 @@ def _load(built, recipe, device, takes_scalars, from_disk=False):
     try:
         cls = FlatKernel if recipe.flat else Kernel
         return cls(device, built.vmfb, recipe.name, built.plan, from_disk=from_disk or built.from_disk,
-                   copy_inputs=built.copy_inputs, takes_scalars=takes_scalars)
+                   copy_inputs=built.copy_inputs, takes_scalars=takes_scalars, probed=built.probed)
     except Exception as e:  # noqa: BLE001
         return Fallback("load", first_line(f"{type(e).__name__}: {e}"))
 

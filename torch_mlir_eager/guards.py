@@ -169,17 +169,13 @@ def _batch_norm_dtypes_rejected(call) -> bool:
     return any(p.dtype != dtype and not (dtype in _REDUCED and p.dtype is torch.float32) for p in params)
 
 
-# Convolutions IREE or torch-mlir get wrong (found by sweeps against native; `_convolution`, what
-# torch.jit.trace records, takes the same first 9 arguments):
-# - grouped, one output channel per group and more than one input channel, with a bias, and the
-#   output the bias's size (batch 1, every output spatial size 1): the bias broadcast folds to a
-#   reshape and IREE 3.13 (any flags) computes the convolution in place in the bias's buffer. The
-#   result is right; the caller's bias is overwritten (and the next call with it is wrong).
+# Convolutions torch-mlir gets wrong (found by sweeps against native; `_convolution`, what
+# torch.jit.trace records, takes the same first 9 arguments). (A grouped convolution whose output
+# is its bias's size, which IREE computes in the bias's buffer, compiles: kernel.Kernel._first_call
+# finds the bias written, and it is passed as a copy.)
 # - transposed, with an output_padding and a padding larger than dilation * (kernel - 1): garbage.
 # - the backward of a grouped, strided, not transposed convolution: a wrong weight gradient.
 _CONVOLUTIONS = frozenset({"convolution", "_convolution"})
-GROUPED_CONV_BIAS_REASON = ("a grouped convolution whose output is its bias's size runs natively: "
-                            "IREE's kernel writes the result into the bias")
 TRANSPOSED_CONV_PADDING_REASON = ("a transposed convolution with output_padding and a padding larger than "
                                   "dilation * (kernel - 1) runs natively: torch-mlir's lowering gives wrong values")
 GROUPED_CONV_WEIGHT_GRAD_REASON = ("the weight gradient of a grouped, strided convolution runs natively: "
@@ -190,24 +186,11 @@ def _convolution_reason(call) -> str | None:
     args = call.args
     if len(args) < 9 or not isinstance(args[0], torch.Tensor) or not isinstance(args[1], torch.Tensor):
         return None
-    x, w, bias, stride, padding, dilation, transposed, output_padding, groups = args[:9]
-    if x.dim() < 3:
-        return None
-    kernel = w.shape[2:]
-    if transposed and any(_at(output_padding, i) > 0 and _at(padding, i) > _at(dilation, i) * (k - 1)
-                          for i, k in enumerate(kernel)):
+    x, w, padding, dilation, transposed, output_padding = args[0], args[1], args[4], args[5], args[6], args[7]
+    if transposed and x.dim() >= 3 and any(_at(output_padding, i) > 0 and _at(padding, i) > _at(dilation, i) * (k - 1)
+                                           for i, k in enumerate(w.shape[2:])):
         return TRANSPOSED_CONV_PADDING_REASON
-    in_per_group, out_per_group = (w.shape[0] // groups, w.shape[1]) if transposed else (w.shape[1], w.shape[0] // groups)
-    if groups == 1 or not isinstance(bias, torch.Tensor) or out_per_group != 1 or in_per_group == 1 \
-            or x.shape[0] != 1:
-        return None
-    for i, size in enumerate(x.shape[2:]):
-        k, s, p, d = kernel[i], _at(stride, i), _at(padding, i), _at(dilation, i)
-        out = ((size - 1) * s - 2 * p + d * (k - 1) + _at(output_padding, i) + 1 if transposed
-               else (size + 2 * p - d * (k - 1) - 1) // s + 1)
-        if out != 1:
-            return None
-    return GROUPED_CONV_BIAS_REASON
+    return None
 
 
 def _grouped_strided_weight_grad(call) -> bool:

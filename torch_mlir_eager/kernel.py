@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -10,6 +11,9 @@ import time
 import iree.runtime as rt
 
 from .device import Device, work_of
+from .kernel_cache import STATS
+
+log = logging.getLogger("torch_mlir_eager")
 
 
 def device_work(name: str, plan) -> int:
@@ -32,7 +36,7 @@ class Kernel:
     flat = False  # FlatKernel: shape-generic, over flat inputs of any length
 
     def __init__(self, device: Device, vmfb: bytes, name: str, plan, *, from_disk=False, copy_inputs=(),
-                 takes_scalars=False, hal=None):
+                 takes_scalars=False, hal=None, probed=False):
         self.device = device
         self.name = name
         self.plan = plan  # recipe.OutputPlan: how results map back to the op's results
@@ -40,6 +44,11 @@ class Kernel:
         # inputs the compiled code may update in place (see lowering.written_arguments): they are
         # passed as copies, because device buffers are values shared by many tensors
         self.copy_inputs = tuple(copy_inputs)
+        # whether a first call has shown which inputs IREE computes a result in (`_first_call`);
+        # the verdict is kept in the disk index, so a later process need not look again
+        self.probed = probed
+        self.on_probed = None  # called with the verdict (compile_service: the disk index)
+        self.twin = None  # the same module on the hybrid device's other runtime device (FlatKernel)
         # the call's runtime scalars follow the buffers as arguments (see compiler.py)
         self.takes_scalars = takes_scalars
         self.validated = False
@@ -71,7 +80,7 @@ class Kernel:
     def empty(cls, device: Device, name: str, plan) -> "Kernel":
         """A kernel with nothing to compute (every result is zero-size): no launch."""
         k = cls(device, None, name, plan)
-        k.validated, k.launches = True, False
+        k.validated, k.launches, k.probed = True, False, True
         return k
 
     launches = True  # False for Kernel.empty
@@ -79,10 +88,15 @@ class Kernel:
     def __call__(self, buffers, scalars=()) -> list:
         if not self.launches:
             return []
+        if not self.probed:
+            return self._first_call(buffers, scalars)
         if self.copy_inputs:
             buffers = list(buffers)
             for i in self.copy_inputs:
                 buffers[i] = self.device.copy(buffers[i])
+        return self._invoke(buffers, scalars)
+
+    def _invoke(self, buffers, scalars):
         args = rt.VmVariantList(len(buffers) + len(scalars))
         for b in buffers:
             args.push_ref(b)
@@ -101,6 +115,28 @@ class Kernel:
         else:
             context.invoke(self._main, args, results)
         return [results.get_as_object(i, rt.HalBufferView) for i in range(self._num_outputs)]
+
+    def _first_call(self, buffers, scalars):
+        """The kernel's first call, when no earlier process has probed it: every input is
+        passed as a copy, and an input whose memory a result lies in is passed as a copy from
+        now on. IREE can compute a result in the storage of an argument (iree-org/iree#16168;
+        in 3.13, a grouped convolution whose output is the size of its bias, through the bias's
+        reshape), which would corrupt the caller's tensor and every tensor sharing its buffer."""
+        copies = [self.device.copy(b) for b in buffers]
+        outs = self._invoke(copies, scalars)
+        written = {i for i, c in enumerate(copies) if any(self.device.overlap(o, c) for o in outs)}
+        for kernel in (self, self.twin):
+            if kernel is not None:
+                kernel.copy_inputs = tuple(sorted(set(kernel.copy_inputs) | written))
+                kernel.probed = True
+        if written:
+            log.warning("%s: IREE's kernel computes a result in the memory of input(s) %s; they are "
+                        "passed as copies", self.name, sorted(written))
+            STATS.input_written(self.name)
+        on_probed, self.on_probed = self.on_probed, None
+        if on_probed is not None:
+            on_probed(self.copy_inputs)
+        return outs
 
     def __repr__(self):
         return f"Kernel({self.name}, {len(self.plan.live_inputs)} in, {self._num_outputs} out, {self.device.driver})"
@@ -121,6 +157,7 @@ class FlatKernel(Kernel):
         if device.inline is not None:
             self.inline = Kernel(device, vmfb, name, plan, hal=device.inline, **options)
             self.inline.validated = True  # validation is the entry's (this kernel's) own
+            self.inline.twin, self.twin = self, self.inline  # a first call on either settles both
             self.inline_below = device.crossover / per_element  # lengths below it run inline
 
     def for_length(self, n: int) -> Kernel:

@@ -163,6 +163,7 @@ class Stats:
             self.bounds_checks = 0
             self.evictions = Counter()
             self.decomposed = Counter()
+            self.inputs_written = Counter()
             self.fallbacks: dict[str, dict] = {}
 
     def call(self, kind: str):
@@ -205,6 +206,11 @@ class Stats:
         with self._lock:
             self.decomposed[op_name] += 1
 
+    def input_written(self, op_name: str):
+        """A new kernel computes a result in an input's memory (kernel.py): it gets copies."""
+        with self._lock:
+            self.inputs_written[op_name] += 1
+
     def bounds_check(self):
         with self._lock:
             self.bounds_checks += 1
@@ -226,6 +232,7 @@ class Stats:
                 bounds_checks=self.bounds_checks,
                 evictions=dict(self.evictions),
                 decomposed=dict(self.decomposed),
+                inputs_written=dict(self.inputs_written),
                 kernels_compiled=self.kernels_compiled,
                 compile_failures=self.compile_failures,
                 compile_seconds=round(self.compile_seconds, 6),

@@ -5,7 +5,8 @@ The disk cache (disk_cache.py) keeps compiled kernels keyed by their lowered mod
 keyed by the dispatch key, this package's source (every module, so that a change to how keys,
 templates or plans are made never serves an old kernel) and the target flags, holds one of:
 
-    {"kernel": <entry>, "plan": <OutputPlan>, "copy_inputs": [...], "runtime_scalars": bool}
+    {"kernel": <entry>, "plan": <OutputPlan>, "copy_inputs": [...], "runtime_scalars": bool,
+     "probed": bool}                    probed: copy_inputs holds a first call's verdict
     {"fallback": [step, reason]}        a failure or a validation verdict: run natively
     {"static_scalars": true}            the op's scalars must be baked in (see compiler.py)
 """
@@ -114,6 +115,7 @@ def remember_kernel(key, flags, built) -> str | None:
         "plan": base64.b64encode(pickle.dumps(built.plan)).decode("ascii"),
         "copy_inputs": list(built.copy_inputs),
         "runtime_scalars": bool(built.runtime_scalars),
+        "probed": bool(built.probed),
     })
     return entry
 

@@ -261,4 +261,5 @@ class Built:
     runtime_scalars: bool = True
     from_disk: bool = False  # the binary came from the disk cache (its module was known)
     entry: str | None = None  # its disk cache entry, when the compile step stored it there
+    probed: bool = False  # copy_inputs includes what a first call found (kernel.Kernel._first_call)
     seconds: float = 0.0
