@@ -675,6 +675,32 @@ def test_views_outside_the_storage_raise_like_pytorch(name, stats):
     same(ok, torch.arange(4.0).as_strided((2,), (1,), 2))
 
 
+BAD_INPUTS = {  # PyTorch raises for each (from its meta function, its kernel or a view's size check)
+    "aten.add.Tensor": lambda T: T(torch.ones(3)) + T(torch.ones(4)),
+    "aten.mm.default": lambda T: T(torch.ones(3, 4)) @ T(torch.ones(3, 4)),
+    "aten.view.default": lambda T: T(torch.ones(3)).view(2, 2),
+    "aten.cat.default": lambda T: torch.cat([T(torch.ones(3)), T(torch.ones(2, 2))]),
+    "aten.index_select.default": lambda T: T(torch.ones(3)).index_select(0, T(torch.tensor([7]))),
+}
+
+
+@pytest.mark.parametrize("op", sorted(BAD_INPUTS))
+def test_a_call_that_raises_is_counted_as_a_fallback(op, stats):
+    # every intercepted call counts in exactly one of the three: one that raises is a fallback
+    # ("raises"), with PyTorch's error as its reason, and the same error reaches the caller
+    fn = BAD_INPUTS[op]
+    with pytest.raises(Exception) as native:
+        fn(lambda t: t)
+    torch_mlir_eager.reset_stats()
+    with pytest.raises(type(native.value)) as device:
+        fn(dev)
+    assert str(device.value) == str(native.value)
+    s = stats()
+    assert (s["compiled_calls"], s["metadata_calls"], s["fallback_calls"]) == (0, 0, 1), s
+    assert s["fallbacks"][op] == {"count": 1, "step": "raises",
+                                  "reason": f"{type(native.value).__name__}: {str(native.value).splitlines()[0]}"}
+
+
 @pytest.mark.parametrize("spatial", [2, 3])
 def test_adaptive_max_pool_with_nan_gives_pytorchs_value_index_and_gradient(spatial, stats):
     # torch-mlir's kernel gave index -1 (2d), and the native backward then wrote out of bounds

@@ -20,7 +20,8 @@
                            dispatch, each part compiled on its own (decomposed.py);
                            else it runs in PyTorch on host copies, results back -> fallback
 
-Every intercepted call is counted exactly once, in `record`.
+Every intercepted call is counted exactly once, in `record`; one that raises (PyTorch's error for
+bad input) as a fallback whose step is "raises".
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from .config import config
 from .fallback import run_native
 from .kernel import Kernel
 from .kernel_cache import CACHE, COMPILED, METADATA, STATS, Fallback, Pending
+from .recipe import first_line
 from .keys import OpCall, abstract
 from .ops import FUNCTIONAL, NATIVE, VIEW, classify
 from .tensor import TorchMLIRTensor
@@ -53,23 +55,31 @@ def dispatch(func, args, kwargs):
             if result is not None:
                 record_runner(kind.name, runner.outcome)
                 return result
+    try:
+        result, outcome = run_call(func, kind, args, kwargs, fast)
+    except Exception as e:  # PyTorch's error for bad input (from its meta function or its kernel)
+        record(kind.name, Fallback("raises", first_line(f"{type(e).__name__}: {e}")))
+        raise
+    record(kind.name, outcome)
+    return result
+
+
+def run_call(func, kind, args, kwargs, fast=None):
     handler = special.handler_for(func, kind)
     if handler is None and kwargs and special.targets_other_device(kwargs):
         handler = special.run_on_host
     if handler is not None:
-        result, outcome = handler(func, kind, args, kwargs)
-    elif kind.kind == VIEW:
-        result, outcome = views.run_view(func, args, kwargs), METADATA
+        return handler(func, kind, args, kwargs)
+    if kind.kind == VIEW:
+        result = views.run_view(func, args, kwargs)
         if result is views.NOT_A_VIEW:
-            result, outcome = run_op(func, kind, args, kwargs)
-        elif result is None:
-            result, outcome = run_native(func, kind, args, kwargs), PER_CHANNEL_VIEW
-    elif kind.kind == NATIVE:
-        result, outcome = run_native(func, kind, args, kwargs), Fallback(kind.native_step, kind.reason)
-    else:
-        result, outcome = run_op(func, kind, args, kwargs, fast)
-    record(kind.name, outcome)
-    return result
+            return run_op(func, kind, args, kwargs)
+        if result is None:
+            return run_native(func, kind, args, kwargs), PER_CHANNEL_VIEW
+        return result, METADATA
+    if kind.kind == NATIVE:
+        return run_native(func, kind, args, kwargs), Fallback(kind.native_step, kind.reason)
+    return run_op(func, kind, args, kwargs, fast)
 
 
 _RUNNABLE: dict = {}
