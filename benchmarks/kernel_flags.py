@@ -46,6 +46,9 @@ FLAG_SETS = {
     "tile-bytes-256k": ["--iree-llvmcpu-matmul-tile-bytes=262144"],
     # batch-1 convolutions without the channels-last conversion now in effect for them
     "no-channels-last": ["--iree-preprocessing-pass-pipeline="],
+    # the im2col'd matmul without data tiling: no relayout of the weights (9.4 MB for the 512-channel
+    # 3x3) on every call, at the cost of the plain matmul's codegen
+    "no-data-tiling": ["--iree-opt-data-tiling=false"],
     # 3x3 stride-1 convolutions as Winograd F(6x6, 3x3): input transform, batched matmul, output
     # transform (the other convolutions keep the flags above)
     "winograd": ["--iree-preprocessing-pass-pipeline="

@@ -1016,6 +1016,24 @@ def test_kernel_found_writing_an_input_copies_it_in_a_new_process(tmp_path):
     assert runs[1].stdout.split("\n")[-2] == "0 1 {} 1", runs[1].stdout
 
 
+@pytest.mark.parametrize("driver", ["hybrid", "local-sync", "local-task"])
+def test_device_copy_is_a_separate_buffer_with_the_same_bytes(driver):
+    # what copy_inputs and the first-call probe pass to a kernel: the bytes of the view (not the
+    # whole buffer), in a buffer of its own
+    from torch_mlir_eager.device import get_device
+
+    d = get_device(driver)
+    for t in (torch.arange(10.0), torch.tensor([True, False, True]), torch.randn(3, 5).half(), torch.arange(7)):
+        buffer = d.upload(torch.cat([t.reshape(-1), t.reshape(-1)]))  # the view covers half of it
+        view = d.view(buffer, t.dtype, tuple(t.shape))
+        copy = d.copy(view)
+        assert copy.byte_length == view.byte_length and list(copy.shape) == list(t.shape)
+        assert not d.overlap(copy, view) and d.overlap(view, view)
+        got = d.download(copy.get_buffer(), copy.byte_length).view(t.dtype).reshape(t.shape)
+        assert torch.equal(got, t)
+    assert d.copy(d.view(d.allocate(0), torch.float32, (0,))).byte_length == 0
+
+
 def test_depthwise_convolution_to_one_output_compiles_and_keeps_its_bias(stats):
     # not affected by the in-place bias write above: stays compiled
     x, w, b = torch.randn(1, 4, 3, 3), torch.randn(4, 1, 3, 3), torch.randn(4)
