@@ -118,9 +118,13 @@ def _remember(kernel, key, flags, built):
 
 
 def _on_probed(kernel, key, flags, built):
-    if not kernel.probed:
-        kernel.on_probed = lambda copy_inputs: kernel_index.remember_kernel(
-            key, flags, dataclasses.replace(built, copy_inputs=tuple(copy_inputs), probed=True))
+    if not kernel.probed:  # a flat kernel's first call may be its inline twin's
+        def on_probed(copy_inputs):
+            kernel_index.remember_kernel(key, flags, dataclasses.replace(built, copy_inputs=tuple(copy_inputs),
+                                                                         probed=True))
+        kernel.on_probed = on_probed
+        if kernel.twin is not None:
+            kernel.twin.on_probed = on_probed
 
 
 def static_key_of(key, scalars):

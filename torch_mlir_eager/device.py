@@ -155,13 +155,19 @@ class Device:
         mapped memory on a host-visible device (about 5 µs for 4 kB, 0.12 ms for 4 MB here,
         against 10 µs and 3.3 ms through a host tensor), else a copy on the device's queue."""
         nbytes = bv.byte_length
-        buffer = self.allocate(nbytes)
+        source = bv.get_buffer()
         if nbytes and self._host_visible:
-            np.copyto(_mapped(buffer, nbytes), _mapped(bv.get_buffer(), nbytes))
-        elif nbytes:
+            buffer = self.allocate(nbytes)
+            np.copyto(_mapped(buffer, nbytes), _mapped(source, nbytes))
+        elif nbytes and source.byte_length() == nbytes:  # queue_copy copies a whole buffer
+            buffer = self.allocate(nbytes)
             done = self.hal.create_semaphore(0)
-            self.hal.queue_copy(bv.get_buffer(), buffer, [], [(done, 1)])
+            self.hal.queue_copy(source, buffer, [], [(done, 1)])
             done.wait(1)
+        elif nbytes:
+            buffer = self.upload(self.download(source, nbytes))
+        else:
+            buffer = self.allocate(0)
         return rt.HalBufferView(buffer, list(bv.shape), bv.element_type)
 
     def overlap(self, a: rt.HalBufferView, b: rt.HalBufferView) -> bool:

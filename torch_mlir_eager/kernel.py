@@ -14,6 +14,7 @@ from .device import Device, work_of
 from .kernel_cache import STATS
 
 log = logging.getLogger("torch_mlir_eager")
+_FIRST_CALLS = threading.Lock()  # one first call (probe) at a time: each kernel is probed once
 
 
 def device_work(name: str, plan) -> int:
@@ -121,19 +122,30 @@ class Kernel:
         passed as a copy, and an input whose memory a result lies in is passed as a copy from
         now on. IREE can compute a result in the storage of an argument (iree-org/iree#16168;
         in 3.13, a grouped convolution whose output is the size of its bias, through the bias's
-        reshape), which would corrupt the caller's tensor and every tensor sharing its buffer."""
-        copies = [self.device.copy(b) for b in buffers]
-        outs = self._invoke(copies, scalars)
-        written = {i for i, c in enumerate(copies) if any(self.device.overlap(o, c) for o in outs)}
-        for kernel in (self, self.twin):
-            if kernel is not None:
-                kernel.copy_inputs = tuple(sorted(set(kernel.copy_inputs) | written))
-                kernel.probed = True
-        if written:
-            log.warning("%s: IREE's kernel computes a result in the memory of input(s) %s; they are "
-                        "passed as copies", self.name, sorted(written))
+        reshape), which would corrupt the caller's tensor and every tensor sharing its buffer.
+
+        A kernel that returns an input unchanged (floor of an integer tensor) is treated the
+        same: its input is copied on every call, as PyTorch copies it. Whether the bytes changed
+        cannot tell the two apart (a convolution of zeros leaves its bias's bytes as they were)."""
+        with _FIRST_CALLS:
+            if self.probed:  # another thread's first call settled it meanwhile
+                return self(buffers, scalars)
+            copies = [self.device.copy(b) for b in buffers]
+            outs = self._invoke(copies, scalars)
+            written = {i for i, c in enumerate(copies) if any(self.device.overlap(o, c) for o in outs)}
+            new = written - set(self.copy_inputs)  # not already copied for lowering.written_arguments
+            callbacks = []
+            for kernel in (self, self.twin):
+                if kernel is not None:
+                    kernel.copy_inputs = tuple(sorted(set(kernel.copy_inputs) | written))
+                    kernel.probed = True
+                    callbacks.append(kernel.on_probed)
+                    kernel.on_probed = None
+        if new:
+            log.info("%s: a result of IREE's kernel lies in the memory of input(s) %s (computed there, or "
+                     "the input returned as it is); they are passed as copies", self.name, sorted(new))
             STATS.input_written(self.name)
-        on_probed, self.on_probed = self.on_probed, None
+        on_probed = next((c for c in callbacks if c is not None), None)  # the twins share one
         if on_probed is not None:
             on_probed(self.copy_inputs)
         return outs
