@@ -18,6 +18,7 @@ is the per-kernel limit in seconds (default 300).
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import logging
 import os
 import queue
@@ -29,7 +30,6 @@ import tempfile
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-import dataclasses
 from dataclasses import dataclass
 
 from . import kernel_index

@@ -187,7 +187,6 @@ class Device:
         return rt.HalBufferView(buffer, list(shape), _ELEMENT_TYPES[dtype])
 
 
-
 def _mapped(buffer, nbytes: int) -> np.ndarray:
     """The first `nbytes` bytes of a host-visible buffer, mapped (no copy)."""
     return buffer.map().asarray([nbytes], np.dtype(np.uint8))

@@ -34,9 +34,9 @@ from .config import config
 from .fallback import run_native
 from .kernel import Kernel
 from .kernel_cache import CACHE, COMPILED, METADATA, STATS, Fallback, Pending
-from .recipe import first_line
 from .keys import OpCall, abstract
 from .ops import FUNCTIONAL, NATIVE, VIEW, classify
+from .recipe import first_line
 from .tensor import TorchMLIRTensor
 from .validation import run_validated
 
