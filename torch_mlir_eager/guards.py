@@ -113,6 +113,8 @@ def call_guard(func, call, out_dtypes=None) -> str | None:
         return SHIFT_REASON
     if name in _BATCH_NORMS and _batch_norm_dtypes_rejected(call):
         return BATCH_NORM_DTYPE_REASON
+    if call.kind.written and _written_overlaps_an_input(call):
+        return OVERLAP_REASON
     if name in _CONVOLUTIONS:
         reason = _convolution_reason(call)
         if reason:
@@ -123,6 +125,55 @@ def call_guard(func, call, out_dtypes=None) -> str | None:
             any(type(a) is bool for a in call.args[1:]) or type(call.kwargs.get("alpha")) is bool):
         return BOOL_ADD_REASON
     return None
+
+
+# An in-place or out= call whose written tensor overlaps another input: PyTorch raises ("some
+# elements of the input tensor and the written-to tensor refer to a single memory location") or,
+# where it does not check, computes in its own order, while a kernel reads every input before it
+# writes. Pointwise ops (PyTorch's tag) allow a written tensor that is exactly an input
+# (`x.mul_(x)`); other ops are checked for any overlap (`torch.index_select(x, 0, i, out=x)`
+# raises, `x.addmm_(x, m)` computes in BLAS's order). Such calls run natively, where the host
+# copies keep the aliasing (fallback.py), so PyTorch's check or its order decides.
+OVERLAP_REASON = "a written tensor overlaps another input: runs natively (PyTorch raises, or computes in its order)"
+
+
+def _written_overlaps_an_input(call) -> bool:
+    kind = call.kind
+    bound = dict(zip(kind.arg_names, call.args))
+    bound.update(call.kwargs)
+    pointwise = torch.Tag.pointwise in call.func.tags
+    for name in kind.written:
+        for w in _device_tensors(bound.get(name)):
+            for other, value in bound.items():
+                for a in _device_tensors(value) if other != name else ():
+                    if a._storage_ref is w._storage_ref and (overlap_in_part(w, a) or not pointwise and _overlap(w, a)):
+                        return True
+    return False
+
+
+def _device_tensors(value):
+    return [t for t in (value if isinstance(value, (list, tuple)) else (value,)) if hasattr(t, "_storage_ref")]
+
+
+def overlap_in_part(a, b) -> bool:
+    """Whether the bytes two views of one storage reach overlap, and the views are not the same."""
+    same = (a.dtype, a.shape, a.stride(), a.storage_offset()) == (b.dtype, b.shape, b.stride(), b.storage_offset())
+    return not same and _overlap(a, b)
+
+
+def _overlap(a, b) -> bool:
+    """Whether the bytes two views of one storage reach overlap."""
+    if a.numel() == 0 or b.numel() == 0:
+        return False
+    (a0, a1), (b0, b1) = _byte_extent(a), _byte_extent(b)
+    return a0 < b1 and b0 < a1
+
+
+def _byte_extent(t):
+    size = t.element_size()
+    first = t.storage_offset() + sum((n - 1) * s for n, s in zip(t.shape, t.stride()) if s < 0)
+    last = t.storage_offset() + sum((n - 1) * s for n, s in zip(t.shape, t.stride()) if s > 0)
+    return first * size, (last + 1) * size
 
 
 # A shift by a scalar amount outside [0, bits): PyTorch gives 0 (<<) or the sign (>>); LLVM's shift

@@ -186,6 +186,11 @@ class Runner:
         for pos, shape in self.resize:
             if args[pos]._spec[1] != shape:
                 return None  # an out= tensor to resize: the full path does that
+        for pos in self.writes:  # a written tensor sharing its storage with another input:
+            written = args[pos]  # the full path checks how they overlap (guards.OVERLAP_REASON)
+            for i in self.tensor_positions:
+                if args[i]._storage_ref is written._storage_ref and args[i] is not written:
+                    return None
         if self.probe is not None and not self._in_bounds(args):
             return None  # an index out of range: the full path runs it natively, which raises
         if self.flat:  # each input must be its whole storage (the key does not say)

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from . import dispatch, views
+from . import dispatch, guards, views
 from .decomposed import FUSED
 from .buffers import dense_buffer, write
 from .fallback import HostCopies, run_native, upload
@@ -116,6 +116,8 @@ def _copy_(func, kind, args, kwargs):
     if not isinstance(src, TorchMLIRTensor):  # host -> device: allowed for copy_ at any size
         src = upload(src.detach(), dst._storage_ref.device)
         args = (dst, src) + tuple(args[2:])
+    elif src._storage_ref is dst._storage_ref and guards.overlap_in_part(dst, src):
+        return run_native(func, kind, args, kwargs), Fallback("guard", guards.OVERLAP_REASON)  # PyTorch raises
     same_layout = src._perm == dst._perm  # dense_buffer(src) is then laid out as dst wants
     if (src.shape == dst.shape and src.dtype == dst.dtype and same_layout and dst._qparams is None
             and src._storage_ref.device is dst._storage_ref.device):
