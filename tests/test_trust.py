@@ -715,7 +715,14 @@ WRITTEN_OVERLAPS = {  # an in-place or out= call whose written tensor overlaps a
     "where out= in part": lambda y, T: torch.where(y[:-1] > 0, y[:-1], y[1:], out=y[1:]),
     "cat out= over its inputs": lambda y, T: torch.cat([y[:3], y[3:6]], out=y[2:8]),
     "index_add_ in part": lambda y, T: y[1:].index_add_(0, _on(T)(torch.tensor([0, 1])), y[:2]),
-    "index_select out= its input": lambda y, T: torch.index_select(y, 0, _on(T)(torch.tensor([3, 2, 1, 0])), out=y),
+    "index_select out= its input": lambda y, T: torch.index_select(y[:4], 0, _on(T)(torch.tensor([3, 2, 1, 0])),
+                                                                   out=y[:4]),
+    # an empty out= is resized to the result where it is, over the input
+    "add out= empty over its input": lambda y, T: torch.add(y[:4], 1, out=y[2:2]),
+    "cumsum out= empty over its input": lambda y, T: torch.cumsum(y[:4], 0, out=y[1:1]),
+    # elements of the written tensor overlap each other: PyTorch adds once per element
+    "add_ to overlapping elements": lambda y, T: y.as_strided((3, 3), (1, 1)).add_(1),
+    "mul_ of overlapping elements": lambda y, T: y.as_strided((2, 4), (2, 1)).mul_(2),
     "addmm_ of itself": lambda y, T: y.view(3, 4)[:, :3].addmm_(y.view(3, 4)[:, :3], _on(T)(torch.eye(3) * 2)),
     "mm out= its input": lambda y, T: torch.mm(y.view(3, 4)[:, :3], _on(T)(torch.ones(3, 3)), out=y.view(3, 4)[:, :3]),
 }

@@ -132,9 +132,11 @@ def call_guard(func, call, out_dtypes=None) -> str | None:
 # where it does not check, computes in its own order, while a kernel reads every input before it
 # writes. Pointwise ops (PyTorch's tag) allow a written tensor that is exactly an input
 # (`x.mul_(x)`); other ops are checked for any overlap (`torch.index_select(x, 0, i, out=x)`
-# raises, `x.addmm_(x, m)` computes in BLAS's order). Such calls run natively, where the host
-# copies keep the aliasing (fallback.py), so PyTorch's check or its order decides.
-OVERLAP_REASON = "a written tensor overlaps another input: runs natively (PyTorch raises, or computes in its order)"
+# raises, `x.addmm_(x, m)` computes in BLAS's order). So do an empty out= over an input's storage
+# (resized where it is) and a written tensor whose elements overlap each other. Such calls run
+# natively, where the host copies keep the aliasing (fallback.py), so PyTorch's check or its order
+# decides.
+OVERLAP_REASON = "a written tensor overlaps another input or itself: runs natively (PyTorch raises, or computes in its order)"
 
 
 def _written_overlaps_an_input(call) -> bool:
@@ -144,10 +146,30 @@ def _written_overlaps_an_input(call) -> bool:
     pointwise = torch.Tag.pointwise in call.func.tags
     for name in kind.written:
         for w in _device_tensors(bound.get(name)):
+            if _overlaps_itself(w):
+                return True
             for other, value in bound.items():
                 for a in _device_tensors(value) if other != name else ():
-                    if a._storage_ref is w._storage_ref and (overlap_in_part(w, a) or not pointwise and _overlap(w, a)):
+                    if a._storage_ref is not w._storage_ref:
+                        continue
+                    if w.numel() == 0 and a.numel() > 0:  # an empty out= is resized in place: it may then overlap
                         return True
+                    if overlap_in_part(w, a) or not pointwise and _overlap(w, a):
+                        return True
+    return False
+
+
+def _overlaps_itself(t) -> bool:
+    """Whether elements of `t` share memory with no zero stride (`as_strided((3, 3), (1, 1))`):
+    PyTorch writes such a tensor element by element (a zero stride it refuses, as buffers.write
+    does). Conservative: a layout it cannot show free of overlap counts."""
+    reach = 1  # elements spanned by the dims so far, from the smallest stride up
+    for stride, size in sorted((abs(st), n) for n, st in zip(t.shape, t.stride()) if n > 1):
+        if stride == 0:
+            return False
+        if stride < reach:
+            return True
+        reach += stride * (size - 1)
     return False
 
 
