@@ -936,8 +936,8 @@ def _register_max_pool(op, spatial):
             values, index = decomposition(x.unsqueeze(0), kernel_size, stride, padding, dilation, ceil_mode)
             return values.squeeze(0), index.squeeze(0)
         geometry = _pool_geometry(x.shape[-spatial:], kernel_size, stride, padding, dilation, ceil_mode)
-        if x.is_floating_point() and math.prod(_per_dim(kernel_size, spatial)) <= _MAX_UNROLLED_WINDOW:
-            kernel = _per_dim(kernel_size, spatial)
+        kernel = _per_dim(kernel_size, spatial)
+        if x.is_floating_point() and math.prod(kernel) <= _MAX_UNROLLED_WINDOW:
             return _max_pool_by_offsets(x, geometry, kernel, _per_dim(stride, spatial) or kernel,
                                         _per_dim(dilation, spatial))
         args = (kernel_size, stride, padding, dilation, ceil_mode)

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .layout import overlaps_itself
+
 GUARDS_FILE = os.path.join(os.path.dirname(__file__), "guards.json")
 
 
@@ -113,7 +115,7 @@ def call_guard(func, call, out_dtypes=None) -> str | None:
         return SHIFT_REASON
     if name in _BATCH_NORMS and _batch_norm_dtypes_rejected(call):
         return BATCH_NORM_DTYPE_REASON
-    if call.kind.written and _written_overlaps_an_input(call):
+    if call.kind.written and _write_overlaps(call):
         return OVERLAP_REASON
     if name in _CONVOLUTIONS:
         reason = _convolution_reason(call)
@@ -139,14 +141,14 @@ def call_guard(func, call, out_dtypes=None) -> str | None:
 OVERLAP_REASON = "a written tensor overlaps another input or itself: runs natively (PyTorch raises, or computes in its order)"
 
 
-def _written_overlaps_an_input(call) -> bool:
+def _write_overlaps(call) -> bool:
     kind = call.kind
     bound = dict(zip(kind.arg_names, call.args))
     bound.update(call.kwargs)
     pointwise = torch.Tag.pointwise in call.func.tags
     for name in kind.written:
         for w in _device_tensors(bound.get(name)):
-            if _overlaps_itself(w):
+            if overlaps_itself(tuple(w.shape), w.stride()):
                 return True
             for other, value in bound.items():
                 for a in _device_tensors(value) if other != name else ():
@@ -156,20 +158,6 @@ def _written_overlaps_an_input(call) -> bool:
                         return True
                     if overlap_in_part(w, a) or not pointwise and _overlap(w, a):
                         return True
-    return False
-
-
-def _overlaps_itself(t) -> bool:
-    """Whether elements of `t` share memory with no zero stride (`as_strided((3, 3), (1, 1))`):
-    PyTorch writes such a tensor element by element (a zero stride it refuses, as buffers.write
-    does). Conservative: a layout it cannot show free of overlap counts."""
-    reach = 1  # elements spanned by the dims so far, from the smallest stride up
-    for stride, size in sorted((abs(st), n) for n, st in zip(t.shape, t.stride()) if n > 1):
-        if stride == 0:
-            return False
-        if stride < reach:
-            return True
-        reach += stride * (size - 1)
     return False
 
 
@@ -192,10 +180,9 @@ def _overlap(a, b) -> bool:
 
 
 def _byte_extent(t):
-    size = t.element_size()
-    first = t.storage_offset() + sum((n - 1) * s for n, s in zip(t.shape, t.stride()) if s < 0)
-    last = t.storage_offset() + sum((n - 1) * s for n, s in zip(t.shape, t.stride()) if s > 0)
-    return first * size, (last + 1) * size
+    """[first, end) bytes of the storage a non-empty view reaches (PyTorch strides are >= 0)."""
+    last = t.storage_offset() + sum((n - 1) * s for n, s in zip(t.shape, t.stride()))
+    return t.storage_offset() * t.element_size(), (last + 1) * t.element_size()
 
 
 # A shift by a scalar amount outside [0, bits): PyTorch gives 0 (<<) or the sign (>>); LLVM's shift

@@ -69,7 +69,21 @@ def inverse(perm) -> tuple:
 
 
 def has_internal_overlap(size, stride) -> bool:
+    """A zero stride over more than one element: PyTorch refuses to write such a tensor."""
     return any(st == 0 and s > 1 for s, st in zip(size, stride))
+
+
+def overlaps_itself(size, stride) -> bool:
+    """Whether elements share memory with no zero stride (`as_strided((3, 3), (1, 1))`), which
+    PyTorch writes element by element. Conservative: a layout not shown free of overlap counts."""
+    reach = 1  # elements spanned by the dims so far, from the smallest stride up
+    for st, s in sorted((st, s) for s, st in zip(size, stride) if s > 1):
+        if st == 0:
+            return False  # has_internal_overlap
+        if st < reach:
+            return True
+        reach += st * (s - 1)
+    return False
 
 
 # ---- gather and scatter --------------------------------------------------------------------------
