@@ -69,10 +69,45 @@ CHECKS = {
 }
 
 
+def _pointwise_write(func, args, kwargs):
+    """An in-place or out= pointwise op: PyTorch's CPU kernel raises when the result's dtype
+    cannot be cast to the written tensor's (`int.mul_(2.5)`), and some meta kernels (`mul_`,
+    `addcmul_`, `addcdiv_`, `ldexp_`, `logit_`, ...) do not check it. The CPU kernel runs on
+    one-element tensors of the same dtypes and ranks, with the call's own scalars: what it raises
+    for those dtypes, the call raises."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    written = {a.name for a in func._schema.arguments if a.alias_info is not None and a.alias_info.is_write}
+    names = [a.name for a in func._schema.arguments]
+
+    def small(value, name):
+        if not isinstance(value, torch.Tensor):
+            return value
+        if name in written and name != "self":  # out=: resized to the result, as when empty
+            return torch.empty(0, dtype=value.dtype)
+        return torch.ones((1,) * value.dim(), dtype=value.dtype)
+
+    tensors = [v for v in list(args) + list(kwargs.values()) if isinstance(v, torch.Tensor)]
+    if any(t.is_quantized or t.dtype not in _PROBE_DTYPES for t in tensors):
+        return
+    with unset_fake_temporarily():
+        small_args = [small(v, names[i] if i < len(names) else None) for i, v in enumerate(args)]
+        small_kwargs = {k: small(v, k) for k, v in kwargs.items()}
+        func(*small_args, **small_kwargs)
+
+
+_PROBE_DTYPES = frozenset({torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
+                           torch.float16, torch.bfloat16, torch.float32, torch.float64,
+                           torch.complex64, torch.complex128})
+
+
 def check(func, kind, args, kwargs):
     """Raise what PyTorch's CPU kernel would raise for these (fake) arguments, where known."""
     if not isinstance(func, torch._ops.OpOverload) or kind is None:
         return
+    if torch.Tag.pointwise in func.tags and any(
+            a.alias_info is not None and a.alias_info.is_write for a in func._schema.arguments):
+        _pointwise_write(func, args, kwargs)
     base = func._schema.name.split("::")[-1]
     if base.endswith("_") and not base.startswith("__"):
         base = base[:-1]

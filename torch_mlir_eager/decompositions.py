@@ -1164,3 +1164,22 @@ def _with_scalar_in_opmath(op):
 for _op in (aten.mul.Tensor, aten.mul.Scalar, aten.div.Tensor, aten.div.Scalar, aten.div.Tensor_mode,
             aten.div.Scalar_mode):
     PROJECT_DECOMPOSITIONS[_op] = _bypassable(_op, _with_scalar_in_opmath(_op))
+
+
+# ---- reduced-precision accumulation -----------------------------------------------------------
+def _accumulating_in_opmath(op):
+    # PyTorch's CPU sum, mean, nansum, cumsum and vector norms of float16 and bfloat16 tensors
+    # accumulate in float32 and round once; torch-mlir accumulates in the element type. For 4096
+    # values near 0.01, a bfloat16 sum was 2.5% off native and a cumsum 90% (float16: 21%). The
+    # op runs on float32 values and its result is rounded to the dtype PyTorch returns.
+    def decomposition(x, *args, dtype=None, **kwargs):
+        if not (isinstance(x, torch.Tensor) and x.dtype in _REDUCED) or (dtype is not None and dtype not in _REDUCED):
+            return NotImplemented
+        return op(x.to(torch.float32), *args, **kwargs).to(dtype or x.dtype)
+
+    return decomposition
+
+
+for _op in (aten.sum.default, aten.sum.dim_IntList, aten.mean.default, aten.mean.dim, aten.nansum.default,
+            aten.cumsum.default, aten.linalg_vector_norm.default):
+    PROJECT_DECOMPOSITIONS[_op] = _bypassable(_op, _accumulating_in_opmath(_op))

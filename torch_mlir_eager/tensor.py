@@ -58,6 +58,13 @@ class _IreeBackendModule:
     def synchronize(device=None):
         pass
 
+    @staticmethod
+    def get_amp_supported_dtype():
+        # No autocast on this device: torch.autocast("iree", ...) warns and stays off. PyTorch
+        # asks for this whenever it builds an autocast context for the accelerator, as
+        # torch.utils.checkpoint does on every call, even for CPU tensors.
+        return []
+
 
 def _register_device_type():
     # Name PyTorch's PrivateUse1 device "iree" and give it the Python device guard and hooks that
@@ -285,6 +292,22 @@ class TorchMLIRTensor(torch.Tensor):
     def _note_metadata(self, size, stride, offset):
         self._spec, self._numel, self._perm, self._phys_shape, self._whole_nbytes = (
             TorchMLIRTensor._metadata_of(self.dtype, size, stride, offset))
+
+    @property
+    def data(self):
+        return torch._C.TensorBase.data.__get__(self)
+
+    @data.setter
+    def data(self, new):
+        """`t.data = other` (`Module.to(dtype)`, `.half()`, `vector_to_parameters` do it): PyTorch
+        checks `other` and takes its sizes, strides and dtype; this tensor then reads `other`'s
+        storage too, as a native tensor would."""
+        torch._C.TensorBase.data.__set__(self, new)
+        if isinstance(new, TorchMLIRTensor):
+            self._storage_ref = new._storage_ref
+            self._qparams = new._qparams
+            self._spec, self._numel, self._perm, self._phys_shape, self._whole_nbytes = (
+                new._spec, new._numel, new._perm, new._phys_shape, new._whole_nbytes)
 
     @classmethod
     def _make_known(cls, storage, dtype, size, stride, meta, offset=0, qparams=None):
