@@ -1318,6 +1318,10 @@ LOW_PRECISION_SUMS = {
     "vector_norm_1": lambda x: torch.linalg.vector_norm(x, 1),
     "adaptive_avg_pool": lambda x: F.adaptive_avg_pool2d(x.view(1, 1, 64, 64), 1),
     "sum_to_float32": lambda x: x.sum(dtype=torch.float32),
+    "float32_sum_into_reduced": lambda x: x.float().sum(dtype=x.dtype),
+    "int_sum_into_reduced": lambda x: (x.float() * 1000).int().sum(0, dtype=x.dtype),
+    "int_cumsum_into_reduced": lambda x: (x.float() * 1000).int().cumsum(0, dtype=x.dtype),
+    "int_mean_into_reduced": lambda x: (x.float() * 1000).int().mean(dtype=x.dtype),
 }
 
 
@@ -1355,3 +1359,92 @@ def test_checkpoint_runs_on_device_tensors_and_cpu_tensors_as_native(reentrant, 
     same(wd.grad, wn.grad, exact=False)
     no_fallback(stats())
     assert stats()["compiled_calls"] > 0
+
+
+REDUCTIONS_INTO_BOOL = {
+    "sum": lambda x: x.sum(dtype=torch.bool),
+    "sum_dim_keepdim": lambda x: x.view(5, 4).sum(1, keepdim=True, dtype=torch.bool),
+    "sum_of_ints": lambda x: (x.int() - 1).view(4, 5).sum(0, dtype=torch.bool),
+    "sum_of_bools_is_int64": lambda x: x.sum(),  # no dtype: a count
+}
+
+
+@pytest.mark.parametrize("case", sorted(REDUCTIONS_INTO_BOOL))
+def test_a_sum_into_bool_is_any_as_in_pytorch(case, stats):
+    # the kernel's 1-bit add wrapped: ones(4, bool).sum(dtype=bool) gave False
+    x = torch.tensor([True, True, False, True, False] * 4)
+    fn = REDUCTIONS_INTO_BOOL[case]
+    same(fn(dev(x)), fn(x))
+    no_fallback(stats())
+
+
+BOOL_INPUTS_PYTORCH_REJECTS = {
+    "sub_scalar": lambda x: x - 1,
+    "rsub_scalar": lambda x: 1 - x,
+    "sub_tensors": lambda x: x - x,
+    "sub_int_tensor": lambda x: x.int() - x,
+    "argmax": lambda x: x.argmax(),
+    "argmin_dim": lambda x: x.argmin(1),
+    "topk": lambda x: x.topk(2),
+    "cumsum_into_bool": lambda x: x.cumsum(0, dtype=torch.bool),
+    "cumprod_into_bool": lambda x: x.int().cumprod(1, dtype=torch.bool),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BOOL_INPUTS_PYTORCH_REJECTS))
+def test_bool_inputs_pytorch_rejects_raise_its_error(case, stats):
+    x = torch.tensor([[True, False, True], [False, False, True]])
+    fn = BOOL_INPUTS_PYTORCH_REJECTS[case]
+    with pytest.raises(Exception) as native:
+        fn(x)
+    with pytest.raises(type(native.value)) as backend:
+        fn(dev(x))
+    assert str(backend.value) == str(native.value)
+    assert stats()["fallbacks"], "the call that raises is counted"
+
+
+def test_probed_ops_on_other_dtypes_stay_compiled(stats):
+    x = torch.tensor([[3, 1, 2], [0, 5, 4]])
+    for fn in (lambda t: t - 1, lambda t: t.argmax(1), lambda t: t.float().topk(2)[0], lambda t: t.cumsum(0),
+               lambda t: t.cumprod(1, dtype=torch.int64)):
+        same(fn(dev(x)), fn(x))
+    no_fallback(stats())
+
+
+VARIANCE_CASES = {
+    "var_correction_above_n": lambda x: x.var(correction=7),
+    "std_correction_above_n": lambda x: x.std(correction=7),
+    "var_mean_correction_above_n": lambda x: torch.var_mean(x, correction=7),
+    "var_correction_far_above_n": lambda x: x.var(correction=10),
+    "var_correction_equal_n": lambda x: x.var(correction=6),
+    "var_dim_correction_above": lambda x: x.view(2, 3).var(1, correction=4),
+    "std_mean_all_dims": lambda x: torch.std_mean(x.view(2, 3), [0, 1], correction=20),
+    "var_of_one_value": lambda x: x[:1].var(),
+    "constant_correction_above_n": lambda x: (x * 0).var(correction=7),
+}
+
+
+@pytest.mark.parametrize("case", sorted(VARIANCE_CASES))
+def test_variance_without_degrees_of_freedom_matches_native(case, stats):
+    # PyTorch warns and divides by max(0, N - correction); the kernel gave -17.5 for
+    # arange(6.).var(correction=7), and failed at run time for correction 10
+    import warnings
+
+    x = torch.arange(6.0)
+    fn = VARIANCE_CASES[case]
+    with warnings.catch_warnings(record=True) as native_warnings:
+        warnings.simplefilter("always")
+        want = fn(x)
+    with warnings.catch_warnings(record=True) as backend_warnings:
+        warnings.simplefilter("always")
+        got = fn(dev(x))
+    for g, w in zip(got, want) if isinstance(want, tuple) else [(got, want)]:
+        same(g, w)
+    assert [str(w.message) for w in backend_warnings] == [str(w.message) for w in native_warnings]
+
+
+def test_variance_with_degrees_of_freedom_stays_compiled(stats):
+    x = torch.randn(3, 5)
+    for fn in (lambda t: t.var(), lambda t: t.std(1, correction=4), lambda t: t.var(0, correction=2.5)):
+        same(fn(dev(x)), fn(x), exact=False)
+    no_fallback(stats())

@@ -69,18 +69,24 @@ CHECKS = {
 }
 
 
-def _pointwise_write(func, args, kwargs):
-    """An in-place or out= pointwise op: PyTorch's CPU kernel raises when the result's dtype
-    cannot be cast to the written tensor's (`int.mul_(2.5)`), and some meta kernels (`mul_`,
-    `addcmul_`, `addcdiv_`, `ldexp_`, `logit_`, ...) do not check it. The CPU kernel runs on
-    one-element tensors of the same dtypes and ranks, with the call's own scalars: what it raises
-    for those dtypes, the call raises."""
+def _cpu_probe(func, args, kwargs, replace=None):
+    """Run PyTorch's CPU kernel of `func` on one-element tensors of the call's dtypes and ranks,
+    with the call's own scalars (`replace`: arguments by name given other values), and raise
+    what it raises. For checks of dtypes that the CPU kernel makes and the meta kernel does not:
+    - an in-place or out= pointwise op whose result dtype cannot be cast to the written tensor's
+      (`int.mul_(2.5)`; the meta kernels of `mul_`, `addcmul_`, `addcdiv_`, `ldexp_`, `logit_`
+      do not check it);
+    - `sub`/`rsub` of a bool tensor, `argmax`/`argmin`/`topk` of bools, `cumsum`/`cumprod` into
+      bool (`_PROBED`)."""
     from torch._subclasses.fake_tensor import unset_fake_temporarily
 
     written = {a.name for a in func._schema.arguments if a.alias_info is not None and a.alias_info.is_write}
     names = [a.name for a in func._schema.arguments]
+    replace = replace or {}
 
     def small(value, name):
+        if name in replace:
+            return replace[name]
         if not isinstance(value, torch.Tensor):
             return value
         if name in written and name != "self":  # out=: resized to the result, as when empty
@@ -96,6 +102,10 @@ def _pointwise_write(func, args, kwargs):
         func(*small_args, **small_kwargs)
 
 
+# op base name -> arguments the probe gives other values (topk's k fits one element)
+_PROBED = {"sub": {}, "rsub": {}, "argmax": {}, "argmin": {}, "topk": {"k": 1}, "cumsum": {}, "cumprod": {}}
+
+
 _PROBE_DTYPES = frozenset({torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
                            torch.float16, torch.bfloat16, torch.float32, torch.float64,
                            torch.complex64, torch.complex128})
@@ -105,12 +115,12 @@ def check(func, kind, args, kwargs):
     """Raise what PyTorch's CPU kernel would raise for these (fake) arguments, where known."""
     if not isinstance(func, torch._ops.OpOverload) or kind is None:
         return
-    if torch.Tag.pointwise in func.tags and any(
-            a.alias_info is not None and a.alias_info.is_write for a in func._schema.arguments):
-        _pointwise_write(func, args, kwargs)
     base = func._schema.name.split("::")[-1]
     if base.endswith("_") and not base.startswith("__"):
         base = base[:-1]
+    if base in _PROBED or (torch.Tag.pointwise in func.tags and any(
+            a.alias_info is not None and a.alias_info.is_write for a in func._schema.arguments)):
+        _cpu_probe(func, args, kwargs, _PROBED.get(base))
     fn = CHECKS.get(base)
     if fn is not None:
         bound = dict(zip(kind.arg_names, args))

@@ -1168,14 +1168,24 @@ for _op in (aten.mul.Tensor, aten.mul.Scalar, aten.div.Tensor, aten.div.Scalar, 
 
 # ---- reduced-precision accumulation -----------------------------------------------------------
 def _accumulating_in_opmath(op):
-    # PyTorch's CPU sum, mean, nansum, cumsum and vector norms of float16 and bfloat16 tensors
-    # accumulate in float32 and round once; torch-mlir accumulates in the element type. For 4096
-    # values near 0.01, a bfloat16 sum was 2.5% off native and a cumsum 90% (float16: 21%). The
-    # op runs on float32 values and its result is rounded to the dtype PyTorch returns.
+    # PyTorch's CPU sum, mean, nansum, cumsum and vector norms into float16 or bfloat16 (the
+    # input's dtype, or `dtype=`) accumulate in float32 and round once; torch-mlir accumulates in
+    # the element type. For 4096 values near 0.01, a bfloat16 sum was 2.5% off native and a
+    # cumsum 90%; `ones(5000, int32).sum(dtype=float16)` gave 2048. The values are rounded to the
+    # result's dtype first (as PyTorch casts the input), the op runs on them in float32, and its
+    # result is rounded once. A sum into bool is an "any" (True + True is True in PyTorch; the
+    # kernel's 1-bit add wrapped around).
     def decomposition(x, *args, dtype=None, **kwargs):
-        if not (isinstance(x, torch.Tensor) and x.dtype in _REDUCED) or (dtype is not None and dtype not in _REDUCED):
+        if not isinstance(x, torch.Tensor) or x.is_complex():
             return NotImplemented
-        return op(x.to(torch.float32), *args, **kwargs).to(dtype or x.dtype)
+        if dtype is None and not x.is_floating_point():
+            return NotImplemented  # integers and bools sum into int64
+        out = dtype or x.dtype
+        if out is torch.bool and op in (aten.sum.default, aten.sum.dim_IntList):
+            return op(x.to(torch.bool).to(torch.int32), *args, **kwargs) > 0
+        if out not in _REDUCED:
+            return NotImplemented
+        return op(x.to(out).to(torch.float32), *args, **kwargs).to(out)
 
     return decomposition
 

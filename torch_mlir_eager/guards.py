@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 from dataclasses import dataclass
 
@@ -123,6 +124,8 @@ def call_guard(func, call, out_dtypes=None) -> str | None:
             return reason
     if name == "convolution_backward" and _grouped_strided_weight_grad(call):
         return GROUPED_CONV_WEIGHT_GRAD_REASON
+    if name in _VARIANCES and _no_degrees_of_freedom(call):
+        return VARIANCE_REASON
     if name in _ADD and tensors and all(t.dtype is torch.bool for t in tensors) and (
             any(type(a) is bool for a in call.args[1:]) or type(call.kwargs.get("alpha")) is bool):
         return BOOL_ADD_REASON
@@ -265,6 +268,28 @@ def _grouped_strided_weight_grad(call) -> bool:
 def _at(values, i):
     return values[i] if isinstance(values, (list, tuple)) and len(values) > i else (
         values[0] if isinstance(values, (list, tuple)) else values)
+
+
+# var / std with a correction at or above the number N of values reduced: PyTorch warns
+# ("degrees of freedom is <= 0") and divides by max(0, N - correction) (inf, or NaN for no
+# spread); the kernel divided by N - correction (a negative variance, -17.5 for
+# arange(6.).var(correction=7)), or failed at run time for larger corrections, and never warned.
+_VARIANCES = frozenset({"var", "std", "var_mean", "std_mean"})
+VARIANCE_REASON = "var/std with a correction at or above the number of values reduced runs natively (PyTorch warns and divides by max(0, N - correction))"
+
+
+def _no_degrees_of_freedom(call) -> bool:
+    x = call.args[0] if call.args else None
+    correction = call.kwargs.get("correction", 1)
+    correction = 1 if correction is None else correction  # the .correction overloads' default
+    if not isinstance(x, torch.Tensor) or isinstance(correction, torch.Tensor) or "correction" not in call.func._overloadname:
+        return False
+    dim = call.args[1] if len(call.args) > 1 else call.kwargs.get("dim")
+    if isinstance(dim, int):
+        dim = [dim]
+    rank = max(x.dim(), 1)
+    count = x.numel() if not dim else math.prod(x.shape[d % rank] if x.dim() else 1 for d in dim)
+    return correction >= count
 
 
 # A bool tensor plus a Python bool: the kernel adds 1-bit integers, which wrap (True + True gave
