@@ -39,14 +39,17 @@ def time_per_call(fn, inner, repeats, warmup=1):
     return median(samples), samples
 
 
-def interleaved(options: dict, inner: int, rounds: int, warmup: int = 20, settle: float = 0.0):
+def interleaved(options: dict, inner: int, rounds: int, warmup: int = 20, settle: float = 0.0,
+                lead: int = 0):
     """Time several options against each other in one process: `rounds` alternations, each
     timing `inner` back-to-back calls of every option in turn (the order rotating), so that
     machine noise falls on all of them alike. Returns {name: [seconds per call, per round]}.
 
     `settle`: seconds to sleep after each option's turn. Thread pools spin after their work
     (PyTorch's OpenMP threads for up to 200 ms, IREE's task workers too), and a pool still
-    spinning slows the next option down: multi-threaded options need it."""
+    spinning slows the next option down: multi-threaded options need it.
+    `lead`: untimed calls at the start of each turn, so that the timed calls find the option
+    in its steady state (threads awake, caches holding its data) rather than after `settle`."""
     names = list(options)
     for name in names:
         for _ in range(warmup):
@@ -55,6 +58,8 @@ def interleaved(options: dict, inner: int, rounds: int, warmup: int = 20, settle
     for r in range(rounds):
         for name in names[r % len(names):] + names[: r % len(names)]:
             fn = options[name]
+            for _ in range(lead):
+                fn()
             t0 = time.perf_counter()
             for _ in range(inner):
                 fn()

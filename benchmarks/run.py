@@ -10,7 +10,8 @@ Items:
   overhead        cached 64-element add: TorchMLIRTensor vs native eager vs a minimal
                   pass-through __torch_dispatch__ wrapper subclass
   rss             resident memory growth over --rss-iters warm ResNet18 forwards
-  resnet18        ResNet18 eval, batch 1 and 8, warm kernels, vs native eager (same threads)
+  resnet18        ResNet18 eval, batch 1 and 8, warm kernels, vs native eager (same threads):
+                  a forward after 0.3 s idle, and back-to-back forwards (steady state)
   kernel_quality  sum of per-kernel times of the eager forward vs ResNet18 compiled whole by
                   torch-mlir + IREE (same flags, same driver)
   cold            first ResNet18 forward in a new process with the kernel cache off
@@ -273,20 +274,29 @@ def bench_resnet18(args, tme):
     for batch in batches:
         reps = args.repeats or ((3 if args.quick else 10) if batch == 1 else 5)
         model, dev_model, x, xd = _models(batch, 224, args.device, tme)
+        options = {"native": lambda m=model, v=x: m(v), "eager": lambda m=dev_model, v=xd: m(v).cpu()}
         with torch.no_grad():
             info = _warm_up(dev_model, model, x, xd, tme, f"batch {batch}")
-            samples = bu.interleaved({"native": lambda m=model, v=x: m(v),
-                                      "eager": lambda m=dev_model, v=xd: m(v).cpu()},
-                                     1, reps, warmup=1, settle=0.3)
+            # a forward on its own, each option's turn starting from 0.3 s idle (a request
+            # arriving at an idle process)
+            samples = bu.interleaved(options, 1, reps, warmup=1, settle=0.3)
+            # steady state: each turn runs one untimed forward, then times `steady` back to back
+            # (a training loop, or a server under load)
+            steady = 1 if batch > 1 else 3
+            steady_samples = bu.interleaved(options, steady, reps, warmup=0, settle=0.3, lead=1)
         ms = 1e3
-        t_nat, t_eag = bu.median(samples["native"]), bu.median(samples["eager"])
-        rows.append(row(f"ResNet18 eval b{batch} 224: native eager", t_nat * ms, "ms",
-                        samples=[v * ms for v in samples["native"]]))
-        rows.append(row(f"ResNet18 eval b{batch} 224: TorchMLIRTensor (warm)", t_eag * ms, "ms",
-                        "native eager", t_nat * ms, samples=[v * ms for v in samples["eager"]],
-                        iqr_eager=[v * ms for v in bu.spread(samples["eager"])],
-                        iqr_native=[v * ms for v in bu.spread(samples["native"])]))
+        for label, s, suffix in (("after idle", samples, ""), ("steady state", steady_samples, ", steady")):
+            t_nat, t_eag = bu.median(s["native"]), bu.median(s["eager"])
+            rows.append(row(f"ResNet18 eval b{batch} 224{suffix}: native eager", t_nat * ms, "ms",
+                            samples=[v * ms for v in s["native"]]))
+            rows.append(row(f"ResNet18 eval b{batch} 224{suffix}: TorchMLIRTensor (warm)", t_eag * ms, "ms",
+                            "native eager", t_nat * ms, samples=[v * ms for v in s["eager"]],
+                            iqr_eager=[v * ms for v in bu.spread(s["eager"])],
+                            iqr_native=[v * ms for v in bu.spread(s["native"])]))
+            log(f"  batch {batch}, {label}: {t_eag * ms:.1f} ms vs native {t_nat * ms:.1f} ms "
+                f"({t_eag / t_nat:.2f}x)")
         info["repeats"] = reps
+        info["steady_calls_per_turn"] = steady
         details[f"batch{batch}"] = info
         del model, dev_model, x, xd
         bu.collect()
