@@ -1448,3 +1448,24 @@ def test_variance_with_degrees_of_freedom_stays_compiled(stats):
     for fn in (lambda t: t.var(), lambda t: t.std(1, correction=4), lambda t: t.var(0, correction=2.5)):
         same(fn(dev(x)), fn(x), exact=False)
     no_fallback(stats())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_reduced_precision_batch_norm_training_updates_running_stats_as_native(dtype, stats):
+    # the functional batch norm returns new running stats in float32; their bytes were stored
+    # into the float16/bfloat16 buffers as they were (running_mean 5.9e-15, -0.0051, 8e-22, ...)
+    import copy
+
+    x = torch.randn(2, 4, 3, 3).to(dtype)
+    bn = torch.nn.BatchNorm2d(4, dtype=dtype)
+    bd = torch_mlir_eager.to_device(copy.deepcopy(bn))
+    want = bn(x)
+    got = bd(dev(x))
+    torch.testing.assert_close(host(got), want)  # PyTorch's default tolerance for the dtype
+    eps = torch.finfo(dtype).eps  # the running stats: one rounding apart at most
+    for got_stat, want_stat in ((bd.running_mean, bn.running_mean), (bd.running_var, bn.running_var)):
+        assert got_stat.dtype == dtype
+        torch.testing.assert_close(host(got_stat).float(), want_stat.float(), rtol=eps, atol=eps * 1e-2)
+    same(bd.num_batches_tracked, bn.num_batches_tracked)
+    no_fallback(stats())
+    assert stats()["compiled_calls"] > 0

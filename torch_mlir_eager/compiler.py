@@ -139,6 +139,11 @@ def make_body(recipe: Recipe, plan: OutputPlan, kind, scalars):
             if value.numel() == 0:
                 continue
             spec = specs[slot]
+            if value.dtype != spec.dtype:
+                # stored into the written tensor's dtype, as copy_ would: a bfloat16 batch norm's
+                # running stats come back from the functional op in float32, and their bytes
+                # were stored into the bfloat16 storage as they were
+                value = value.to(spec.dtype)
             # written in place, it keeps its layout; resized (out=), it becomes row-major
             perm = spec.perm if tuple(value.shape) == spec.shape else None
             outs.append((value if perm is None else value.permute(perm)).contiguous())
