@@ -1388,6 +1388,7 @@ BOOL_INPUTS_PYTORCH_REJECTS = {
     "topk": lambda x: x.topk(2),
     "cumsum_into_bool": lambda x: x.cumsum(0, dtype=torch.bool),
     "cumprod_into_bool": lambda x: x.int().cumprod(1, dtype=torch.bool),
+    "heaviside_two_dtypes": lambda x: x.float().heaviside_(x.double()),
 }
 
 
@@ -1406,7 +1407,7 @@ def test_bool_inputs_pytorch_rejects_raise_its_error(case, stats):
 def test_probed_ops_on_other_dtypes_stay_compiled(stats):
     x = torch.tensor([[3, 1, 2], [0, 5, 4]])
     for fn in (lambda t: t - 1, lambda t: t.argmax(1), lambda t: t.float().topk(2)[0], lambda t: t.cumsum(0),
-               lambda t: t.cumprod(1, dtype=torch.int64)):
+               lambda t: t.cumprod(1, dtype=torch.int64), lambda t: t.float().heaviside(t.float())):
         same(fn(dev(x)), fn(x))
     no_fallback(stats())
 
@@ -1469,3 +1470,24 @@ def test_reduced_precision_batch_norm_training_updates_running_stats_as_native(d
     same(bd.num_batches_tracked, bn.num_batches_tracked)
     no_fallback(stats())
     assert stats()["compiled_calls"] > 0
+
+
+@pytest.mark.parametrize("op", ["add", "mul", "sin"])
+def test_an_out_tensor_of_another_shape_is_resized_with_pytorchs_warning(op, stats):
+    # the host copy of a device storage could not be resized ("Trying to resize storage that is
+    # not resizable") where PyTorch resizes the out= tensor and warns
+    import warnings
+
+    fn = {"add": lambda a, o: torch.add(a, 1, out=o), "mul": lambda a, o: torch.mul(a, a, out=o),
+          "sin": lambda a, o: torch.sin(a, out=o)}[op]
+    a = torch.randn(3)
+    with warnings.catch_warnings(record=True) as native_warnings:
+        warnings.simplefilter("always")
+        want = torch.zeros(2)
+        fn(a, want)
+    with warnings.catch_warnings(record=True) as backend_warnings:
+        warnings.simplefilter("always")
+        got = dev(torch.zeros(2))
+        fn(dev(a), got)
+    same(got, want)
+    assert [str(w.message) for w in backend_warnings] == [str(w.message) for w in native_warnings]

@@ -77,7 +77,7 @@ def _cpu_probe(func, args, kwargs, replace=None):
       (`int.mul_(2.5)`; the meta kernels of `mul_`, `addcmul_`, `addcdiv_`, `ldexp_`, `logit_`
       do not check it);
     - `sub`/`rsub` of a bool tensor, `argmax`/`argmin`/`topk` of bools, `cumsum`/`cumprod` into
-      bool (`_PROBED`)."""
+      bool, `heaviside` of two dtypes (`_PROBED`)."""
     from torch._subclasses.fake_tensor import unset_fake_temporarily
 
     written = {a.name for a in func._schema.arguments if a.alias_info is not None and a.alias_info.is_write}
@@ -103,7 +103,8 @@ def _cpu_probe(func, args, kwargs, replace=None):
 
 
 # op base name -> arguments the probe gives other values (topk's k fits one element)
-_PROBED = {"sub": {}, "rsub": {}, "argmax": {}, "argmin": {}, "topk": {"k": 1}, "cumsum": {}, "cumprod": {}}
+_PROBED = {"sub": {}, "rsub": {}, "argmax": {}, "argmin": {}, "topk": {"k": 1}, "cumsum": {}, "cumprod": {},
+           "heaviside": {}}
 
 
 _PROBE_DTYPES = frozenset({torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,

@@ -127,14 +127,18 @@ class Device:
 
     def download(self, buffer, nbytes: int) -> torch.Tensor:
         """The first `nbytes` bytes of a device buffer, as a new CPU uint8 tensor."""
+        # into PyTorch's own storage, which an out= host copy can resize (a storage that numpy
+        # shares, from_numpy's or one whose .numpy() was taken, cannot be resized)
+        host = torch.empty(nbytes, dtype=torch.uint8)
         if nbytes == 0:
-            return torch.empty(0, dtype=torch.uint8)
+            return host
         if self._host_visible:
-            arr = np.array(buffer.map().asarray([nbytes], np.dtype(np.uint8)), copy=True)
+            source = buffer.map().asarray([nbytes], np.dtype(np.uint8))
         else:
             bv = rt.HalBufferView(buffer, [nbytes], rt.HalElementType.UINT_8)
-            arr = rt.DeviceArray(self.hal, bv, implicit_host_transfer=True).to_host().reshape(-1).copy()
-        return torch.from_numpy(arr)
+            source = rt.DeviceArray(self.hal, bv, implicit_host_transfer=True).to_host().reshape(-1)
+        host.copy_(torch.from_numpy(np.asarray(source)))
+        return host
 
     def read_int64(self, bv, n: int) -> list:
         """The first `n` int64 values of a small device buffer, as Python ints (a host read)."""
