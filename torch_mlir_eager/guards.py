@@ -270,12 +270,14 @@ def _at(values, i):
         values[0] if isinstance(values, (list, tuple)) else values)
 
 
-# var / std with a correction at or above the number N of values reduced: PyTorch warns
-# ("degrees of freedom is <= 0") and divides by max(0, N - correction) (inf, or NaN for no
-# spread); the kernel divided by N - correction (a negative variance, -17.5 for
-# arange(6.).var(correction=7)), or failed at run time for larger corrections, and never warned.
+# var / std with a correction above the number N of values reduced: PyTorch warns ("degrees of
+# freedom is <= 0") and divides by max(0, N - correction) (inf, or NaN for no spread); the kernel
+# divided by N - correction (a negative variance, -17.5 for arange(6.).var(correction=7)), or
+# failed at run time for larger corrections. A correction of exactly N divides by 0 in both
+# (inf or NaN) and stays compiled, without PyTorch's warning (`x.var()` of one value, or over a
+# dim of size 1, is common).
 _VARIANCES = frozenset({"var", "std", "var_mean", "std_mean"})
-VARIANCE_REASON = "var/std with a correction at or above the number of values reduced runs natively (PyTorch warns and divides by max(0, N - correction))"
+VARIANCE_REASON = "var/std with a correction above the number of values reduced runs natively (PyTorch divides by max(0, N - correction))"
 
 
 def _no_degrees_of_freedom(call) -> bool:
@@ -289,7 +291,7 @@ def _no_degrees_of_freedom(call) -> bool:
         dim = [dim]
     rank = max(x.dim(), 1)
     count = x.numel() if not dim else math.prod(x.shape[d % rank] if x.dim() else 1 for d in dim)
-    return correction >= count
+    return correction > count
 
 
 # A bool tensor plus a Python bool: the kernel adds 1-bit integers, which wrap (True + True gave
