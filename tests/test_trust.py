@@ -1498,3 +1498,41 @@ def test_an_out_tensor_of_another_shape_is_resized_with_pytorchs_warning(op, sta
         fn(dev(a), got)
     same(got, want)
     assert [str(w.message) for w in backend_warnings] == [str(w.message) for w in native_warnings]
+
+
+_B = torch.tensor([False, False, False, False, False])
+_SRC = torch.tensor([True, True, True, True, True, True])
+_IDX = torch.tensor([0, 0, 1, 1, 1, 3])
+_INTS = torch.tensor([-3, -4, 5, -7, 2, -9])
+ACCUMULATIONS = {
+    "scatter_add_bool": lambda t: t(_B).scatter_add(0, t(_IDX), t(_SRC)),
+    "scatter_reduce_sum_bool": lambda t: t(_B).scatter_reduce(0, t(_IDX), t(_SRC), "sum"),
+    "scatter_reduce__amax_bool": lambda t: t(_B.clone()).scatter_reduce_(0, t(_IDX), t(_SRC), "amax"),
+    "scatter_reduce_amin_bool": lambda t: t(~_B).scatter_reduce(0, t(_IDX), t(~_SRC), "amin"),
+    "index_put_accumulate_bool": lambda t: t(_B).index_put((t(_IDX),), t(_SRC), accumulate=True),
+    "index_add_bool": lambda t: t(_B).index_add(0, t(_IDX), t(_SRC)),
+    "scatter_reduce_mean_int": lambda t: t(torch.zeros(5, dtype=torch.int64)).scatter_reduce(0, t(_IDX), t(_INTS), "mean"),
+    "scatter_reduce_mean_int_no_self": lambda t: t(torch.zeros(5, dtype=torch.int64)).scatter_reduce(
+        0, t(_IDX), t(_INTS), "mean", include_self=False),
+    "index_reduce_mean_int": lambda t: t(torch.zeros(5, dtype=torch.int64)).index_reduce_(0, t(_IDX), t(_INTS), "mean"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ACCUMULATIONS))
+def test_accumulating_into_bool_and_integer_means_match_native(case, stats):
+    # the kernels add 1-bit integers (True + True wrapped to False), take a 1-bit True for -1 in
+    # amax, and truncate an integer mean where PyTorch floors it
+    fn = ACCUMULATIONS[case]
+    same(fn(dev), fn(lambda x: x))
+
+
+def test_accumulations_that_compile_right_stay_compiled(stats):
+    ints = torch.zeros(5, dtype=torch.int64)
+    for fn in (lambda t: t(ints).scatter_add(0, t(_IDX), t(_INTS)),
+               lambda t: t(ints).index_put((t(_IDX),), t(_INTS), accumulate=True),
+               lambda t: t(ints).scatter_reduce(0, t(_IDX), t(_INTS), "amax"),
+               lambda t: t(_B).scatter_reduce(0, t(_IDX), t(_SRC), "prod"),
+               lambda t: t(_B).index_put((t(_IDX),), t(_SRC)),
+               lambda t: t(ints.float()).scatter_reduce(0, t(_IDX), t(_INTS.float()), "mean")):
+        same(fn(dev), fn(lambda x: x))
+    no_fallback(stats())

@@ -124,6 +124,9 @@ def call_guard(func, call, out_dtypes=None) -> str | None:
             return reason
     if name == "convolution_backward" and _grouped_strided_weight_grad(call):
         return GROUPED_CONV_WEIGHT_GRAD_REASON
+    base = name[:-1] if name.endswith("_") and not name.startswith("__") else name
+    if base in _SUM_INTO and _accumulates_badly(base, call):
+        return ACCUMULATE_REASON
     if name in _VARIANCES and _no_degrees_of_freedom(call):
         return VARIANCE_REASON
     if name in _ADD and tensors and all(t.dtype is torch.bool for t in tensors) and (
@@ -292,6 +295,33 @@ def _no_degrees_of_freedom(call) -> bool:
     rank = max(x.dim(), 1)
     count = x.numel() if not dim else math.prod(x.shape[d % rank] if x.dim() else 1 for d in dim)
     return correction > count
+
+
+# Accumulating into bool (scatter_add, scatter_reduce "sum"/"amax"/"amin", index_put with
+# accumulate, index_add, put with accumulate): the kernel adds 1-bit integers, which wrap (two
+# Trues into a False gave False; PyTorch gives True), and takes a 1-bit True for -1 in amax
+# (all False). And a "mean" reduction of integers (scatter_reduce,
+# index_reduce): PyTorch floors the quotient, the kernel truncated it (-3 against -2).
+_SUM_INTO = frozenset({"scatter_add", "scatter_reduce", "index_put", "_unsafe_index_put", "index_add", "put",
+                       "_unsafe_masked_index_put_accumulate", "scatter", "index_reduce"})
+ACCUMULATE_REASON = "accumulating into bool, or an integer mean of scatter_reduce/index_reduce, runs natively (the kernel's 1-bit add wraps; PyTorch floors the integer mean)"
+
+
+def _accumulates_badly(name, call) -> bool:
+    x = call.args[0] if call.args else None
+    if not isinstance(x, torch.Tensor) or x.dtype.is_floating_point or x.is_complex():
+        return False
+    reduce = call.kwargs.get("reduce", next((a for a in call.args[1:] if isinstance(a, str)), None))
+    if name in ("scatter_reduce", "index_reduce") and reduce == "mean":
+        return True
+    if x.dtype is not torch.bool:
+        return False
+    if name in ("index_put", "_unsafe_index_put", "put"):
+        accumulate = call.kwargs.get("accumulate", call.args[3] if len(call.args) > 3 else False)
+        return bool(accumulate) if not isinstance(accumulate, torch.Tensor) else True
+    if name in ("scatter_reduce", "scatter", "index_reduce"):
+        return reduce not in (None, "prod", "multiply")  # amax/amin too: a 1-bit True is -1 there
+    return True
 
 
 # A bool tensor plus a Python bool: the kernel adds 1-bit integers, which wrap (True + True gave
