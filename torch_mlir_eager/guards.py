@@ -300,8 +300,8 @@ def _no_degrees_of_freedom(call) -> bool:
 # Accumulating into bool (scatter_add, scatter_reduce "sum"/"amax"/"amin", index_put with
 # accumulate, index_add, put with accumulate): the kernel adds 1-bit integers, which wrap (two
 # Trues into a False gave False; PyTorch gives True), and takes a 1-bit True for -1 in amax
-# (all False). And a "mean" reduction of integers (scatter_reduce,
-# index_reduce): PyTorch floors the quotient, the kernel truncated it (-3 against -2).
+# (all False). And a "mean" reduction of integers (scatter_reduce, index_reduce): PyTorch floors
+# the quotient, the kernel truncated it (-3 against -2).
 _SUM_INTO = frozenset({"scatter_add", "scatter_reduce", "index_put", "_unsafe_index_put", "index_add", "put",
                        "_unsafe_masked_index_put_accumulate", "scatter", "index_reduce"})
 ACCUMULATE_REASON = "accumulating into bool, or an integer mean of scatter_reduce/index_reduce, runs natively (the kernel's 1-bit add wraps; PyTorch floors the integer mean)"
