@@ -15,6 +15,7 @@ Any failure raises `StepError(step, message)`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -24,7 +25,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._pytree import tree_flatten
 
-from . import argument_checks, layout, lowering
+from . import argument_checks, layout, lowering, prepack
 from .device import COMPILED_DTYPES
 from .ops import FUNCTIONAL_REWRITES, MUTATION, OpKind, classify
 from .recipe import (
@@ -254,6 +255,13 @@ def build(recipe: Recipe, scalars=()) -> Built:
         _check_flat_plan(recipe, plan)
     slots = scalar_slots(recipe.template)
     built = None
+    packed = None if (recipe.flat or slots) else prepack.packed_input_of(recipe, plan)
+    if packed is not None:
+        try:
+            built = _build_prepacked(recipe, plan, packed)
+        except Exception as e:  # noqa: BLE001 - the usual path then
+            step = e.step if isinstance(e, StepError) else type(e).__name__
+            log.warning("%s: the pre-packed convolution did not build (%s: %s)", recipe.name, step, first_line(str(e)))
     if slots:
         try:
             built = _build_runtime_scalars(recipe, kind, plan, slots, scalars)
@@ -295,6 +303,18 @@ def _build_runtime_scalars(recipe, kind, plan, slots, scalars):
     if positions is None:
         raise StepError("scalars", "a scalar is used in a computation at trace time")
     return _build_traced(recipe, kind, plan, sentinels[0], slots, positions, gm=traced[0], scalar_values=scalars)
+
+
+def _build_prepacked(recipe, plan, packed_input) -> Built:
+    """A convolution whose weight the kernel takes pre-packed (prepack.py): its module is
+    written in linalg, not traced and lowered."""
+    plan = dataclasses.replace(plan, packed=(packed_input, prepack.TILE))
+    text = prepack.module_text(recipe, plan)
+    dump = _Dump(recipe)
+    dump.write("linalg.mlir", text)
+    vmfb, from_disk, entry = _compile(text, recipe.flags)
+    dump.write("compile.log", "ok (pre-packed weight)\nflags: " + " ".join(recipe.flags) + "\n")
+    return Built(vmfb, plan, tuple(sorted(lowering.written_arguments(text))), from_disk=from_disk, entry=entry)
 
 
 def _trace_with(recipe, kind, plan, scalars, decompositions):

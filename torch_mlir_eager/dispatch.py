@@ -221,7 +221,10 @@ def run_kernel(kernel: Kernel, call: OpCall):
         return flat.run(kernel, call)
     plan = kernel.plan
     tensors = call.tensors
-    outs = iter(kernel([dense_buffer(tensors[i]) for i in plan.live_inputs], call.scalars))
+    buffers = [dense_buffer(tensors[i]) for i in plan.live_inputs]
+    if kernel.packed_input is not None:  # a convolution's weight, pre-packed (prepack.py)
+        buffers = kernel.with_packed_weight(buffers, tensors[plan.live_inputs[kernel.packed_input]])
+    outs = iter(kernel(buffers, call.scalars))
     device = call.device
     fresh = [
         TorchMLIRTensor._from_buffer(device, spec.dtype, next(outs) if spec.numel else None, spec.shape, spec.stride)

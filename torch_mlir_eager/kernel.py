@@ -61,6 +61,11 @@ class Kernel:
         self.hal = hal or device.hal_for(self.work)  # hybrid device: inline or on the thread pool
         self._module = rt.VmModule.copy_buffer(device.instance, vmfb)
         self._main = self._module.lookup_function("main")
+        # a convolution with a pre-packed weight (prepack.py): the module's `pack` function
+        # makes the argument at `packed_input` from the weight, in tiles of `pack_tile`
+        if plan.packed is not None:
+            self.packed_input, self.pack_tile = plan.packed
+            self._pack = self._module.lookup_function("pack")
         # a VM context is not safe to invoke from two threads at once: one per thread, no lock
         self._context = self._new_context()
         self._owner = threading.get_ident()
@@ -85,6 +90,22 @@ class Kernel:
         return k
 
     launches = True  # False for Kernel.empty
+    packed_input = None  # see __init__
+
+    def pack(self, weight_buffer):
+        """The module's `pack` function on a weight (prepack.packed_weight keeps the result)."""
+        args = rt.VmVariantList(1)
+        args.push_ref(weight_buffer)
+        results = rt.VmVariantList(1)
+        self._context_of_this_thread().invoke(self._pack, args, results)
+        return results.get_as_object(0, rt.HalBufferView)
+
+    def with_packed_weight(self, buffers, weight):
+        """`buffers` with the weight's (`weight`, a TorchMLIRTensor) replaced by its packed form."""
+        from .prepack import packed_weight
+
+        buffers[self.packed_input] = packed_weight(self, buffers[self.packed_input], weight)
+        return buffers
 
     def __call__(self, buffers, scalars=()) -> list:
         if not self.launches:

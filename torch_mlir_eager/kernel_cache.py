@@ -164,6 +164,7 @@ class Stats:
             self.evictions = Counter()
             self.decomposed = Counter()
             self.inputs_written = Counter()
+            self.weights_packed = 0
             self.fallbacks: dict[str, dict] = {}
 
     def call(self, kind: str):
@@ -211,6 +212,11 @@ class Stats:
         with self._lock:
             self.inputs_written[op_name] += 1
 
+    def weight_packed(self):
+        """A convolution's weight was packed for its kernel (prepack.py)."""
+        with self._lock:
+            self.weights_packed += 1
+
     def bounds_check(self):
         with self._lock:
             self.bounds_checks += 1
@@ -233,6 +239,7 @@ class Stats:
                 evictions=dict(self.evictions),
                 decomposed=dict(self.decomposed),
                 inputs_written=dict(self.inputs_written),
+                weights_packed=self.weights_packed,
                 kernels_compiled=self.kernels_compiled,
                 compile_failures=self.compile_failures,
                 compile_seconds=round(self.compile_seconds, 6),

@@ -79,7 +79,9 @@ def index_key(key, flags) -> str:
         _SOURCE_DIGEST = source_digest()
     from .disk_cache import entry_key
 
-    return entry_key(f"op-index\n{_stable(key)}\n{_SOURCE_DIGEST}", list(flags))
+    from .prepack import settings
+
+    return entry_key(f"op-index\n{_stable(key)}\n{_SOURCE_DIGEST}\n{settings()}", list(flags))
 
 
 def lookup(key, flags) -> dict | None:

@@ -118,6 +118,8 @@ class OutputPlan:
     live_writes: list = field(default_factory=list)  # writes the kernel returns, after live_outputs
     live_write_shapes: list = field(default_factory=list)  # their shapes (out= may resize)
     input_shapes: list = field(default_factory=list)  # shapes of the tensor inputs (for device.work_of)
+    # (kernel input, tile) of a weight the kernel takes pre-packed (prepack.py), else None
+    packed: tuple | None = None
 
     @functools.cached_property
     def single_fresh(self) -> bool:

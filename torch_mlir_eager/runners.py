@@ -202,6 +202,8 @@ class Runner:
                 buffers.append(a._storage_ref.view(a.dtype, shape))
         else:
             buffers = [dense_buffer(args[i]) for i in self.live]
+            if self.kernel.packed_input is not None:  # a convolution's weight (prepack.py)
+                buffers = self.kernel.with_packed_weight(buffers, args[self.live[self.kernel.packed_input]])
         outs = iter(self.invoke(buffers, scalars))
         device = self.device
         fresh = []

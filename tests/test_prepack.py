@@ -1,0 +1,191 @@
+"""Convolutions with pre-packed weights (prepack.py), against native PyTorch: the packed weight
+must follow every write to the weight, and each call must be shown to have taken the path (the
+pack count) and to have run compiled (the statistics)."""
+
+import gc
+import os
+import subprocess
+import sys
+import textwrap
+import weakref
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import torch_mlir_eager
+from torch_mlir_eager import TorchMLIRTensor, prepack
+
+pytestmark = pytest.mark.skipif(not prepack.ENABLED, reason="$TORCH_MLIR_EAGER_PREPACK=0")
+
+
+def close(got, want):
+    assert isinstance(got, TorchMLIRTensor)
+    h = got._host()
+    assert h.shape == want.shape and h.dtype == want.dtype and h.stride() == want.stride(), (h.stride(), want.stride())
+    torch.testing.assert_close(h, want, rtol=1e-4, atol=1e-4 * max(1.0, want.abs().max().item()))
+
+
+def packs():
+    return torch_mlir_eager.stats()["weights_packed"]
+
+
+# (batch, in channels, out channels, size, kernel, stride, padding, dilation, bias, channels_last input)
+CASES = {
+    "3x3": (1, 64, 512, 6, 3, 1, 1, 1, False, False),
+    "3x3 bias": (1, 64, 512, 5, 3, 1, 1, 1, True, False),
+    "stride 2, channels_last": (1, 128, 256, 9, 3, 2, 1, 1, False, True),
+    "asymmetric stride/padding/dilation, bias": (1, 128, 256, 11, 3, (2, 1), (2, 0), (2, 1), True, False),
+    "1x1": (1, 512, 512, 4, 1, 1, 0, 1, False, False),
+    "odd channels (padded tiles)": (1, 100, 300, 5, 3, 1, 1, 1, True, False),
+    "batch 3, small weight": (3, 16, 24, 7, 3, 1, 1, 1, True, False),
+    "batch 2, channels_last, stride 2": (2, 32, 48, 9, 3, 2, 1, 1, False, True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_prepacked_convolution_matches_native(name, stats):
+    n, c, o, size, k, stride, padding, dilation, bias, channels_last = CASES[name]
+    x, w = torch.randn(n, c, size, size), torch.randn(o, c, k, k)
+    b = torch.randn(o) if bias else None
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    want = F.conv2d(x, w, b, stride, padding, dilation)
+    X, W, B = TorchMLIRTensor(x), TorchMLIRTensor(w), (TorchMLIRTensor(b) if bias else None)
+    torch_mlir_eager.reset_stats()
+    for _ in range(3):
+        got = F.conv2d(X, W, B, stride, padding, dilation)
+        close(got, want)
+    s = stats()
+    assert s["compiled_calls"] == 3 and s["fallback_calls"] == 0, s["fallbacks"]
+    assert s["weights_packed"] == 1  # packed once, then reused
+
+
+def test_a_write_to_the_weight_packs_it_again(stats):
+    x, w = torch.randn(1, 64, 5, 5), torch.randn(512, 64, 3, 3)
+    X, W = TorchMLIRTensor(x), TorchMLIRTensor(w)
+    close(F.conv2d(X, W, padding=1), F.conv2d(x, w, padding=1))
+    with torch.no_grad():
+        W.mul_(-0.5)  # in place: the storage's buffer is replaced
+        w.mul_(-0.5)
+    close(F.conv2d(X, W, padding=1), F.conv2d(x, w, padding=1))
+    W[3].fill_(2.0)  # through a view of one filter
+    w[3].fill_(2.0)
+    close(F.conv2d(X, W, padding=1), F.conv2d(x, w, padding=1))
+    new = torch.randn(512, 64, 3, 3)
+    W.copy_(new)  # from the host
+    close(F.conv2d(X, W, padding=1), F.conv2d(x, new, padding=1))
+    other = torch.randn(512, 64, 3, 3)
+    W.data = TorchMLIRTensor(other)  # another storage
+    close(F.conv2d(X, W, padding=1), F.conv2d(x, other, padding=1))
+    s = stats()
+    assert s["fallback_calls"] == 0, s["fallbacks"]
+    assert s["weights_packed"] == 5  # once, then after each of the four writes
+
+
+def test_weights_of_one_shape_share_the_kernel_not_the_packing(stats):
+    x = torch.randn(1, 64, 5, 5)
+    ws = [torch.randn(512, 64, 3, 3) for _ in range(3)]
+    X, Ws = TorchMLIRTensor(x), [TorchMLIRTensor(w) for w in ws]
+    before = packs()
+    for _ in range(2):
+        for w, W in zip(ws, Ws):
+            close(F.conv2d(X, W, padding=1), F.conv2d(x, w, padding=1))
+    assert packs() - before == 3
+
+
+def test_weights_that_are_views_of_one_storage(stats):
+    x = torch.randn(1, 64, 5, 5)
+    big = torch.randn(2 * 512, 64, 3, 3)
+    BIG = TorchMLIRTensor(big)
+    lo, hi = BIG[:512], BIG[512:]  # the same storage, two offsets
+    close(F.conv2d(TorchMLIRTensor(x), lo, padding=1), F.conv2d(x, big[:512], padding=1))
+    close(F.conv2d(TorchMLIRTensor(x), hi, padding=1), F.conv2d(x, big[512:], padding=1))
+    with torch.no_grad():
+        BIG[600:].zero_()  # a write through a third view: both are packed again
+        big[600:].zero_()
+    close(F.conv2d(TorchMLIRTensor(x), hi, padding=1), F.conv2d(x, big[512:], padding=1))
+    close(F.conv2d(TorchMLIRTensor(x), lo, padding=1), F.conv2d(x, big[:512], padding=1))
+    assert stats()["fallback_calls"] == 0, stats()["fallbacks"]
+
+
+def test_training_steps_match_native(stats):
+    torch.manual_seed(3)
+    conv = torch.nn.Conv2d(64, 512, 3, padding=1)
+    dconv = torch_mlir_eager.to_device(torch.nn.Conv2d(64, 512, 3, padding=1))
+    with torch.no_grad():
+        dconv.weight.copy_(conv.weight)
+        dconv.bias.copy_(conv.bias)
+    opt = torch.optim.SGD(conv.parameters(), lr=0.1)
+    dopt = torch.optim.SGD(dconv.parameters(), lr=0.1)
+    x = torch.randn(1, 64, 4, 4)
+    for _ in range(3):
+        loss = conv(x).square().mean()
+        dloss = dconv(TorchMLIRTensor(x)).square().mean()
+        torch.testing.assert_close(dloss.cpu(), loss.detach(), rtol=1e-4, atol=1e-5)
+        opt.zero_grad()
+        dopt.zero_grad()
+        loss.backward()
+        dloss.backward()
+        torch.testing.assert_close(dconv.weight.grad.cpu(), conv.weight.grad, rtol=1e-4, atol=1e-5)
+        opt.step()
+        dopt.step()
+    torch.testing.assert_close(dconv.weight.cpu(), conv.weight.detach(), rtol=1e-4, atol=1e-5)
+    assert stats()["fallbacks"].get("aten.convolution.default") is None
+
+
+def test_the_packed_weight_dies_with_its_storage():
+    gc.collect()
+    held = len(prepack._PACKED)
+    x = torch.randn(1, 64, 5, 5)
+    W = TorchMLIRTensor(torch.randn(512, 64, 3, 3))
+    F.conv2d(TorchMLIRTensor(x), W, padding=1)
+    assert len(prepack._PACKED) == held + 1 and W._storage_ref in prepack._PACKED
+    storage = weakref.ref(W._storage_ref)
+    del W
+    gc.collect()
+    assert storage() is None and len(prepack._PACKED) == held
+
+
+@pytest.mark.parametrize("case", ["groups", "batch 3, large im2col", "float64", "small weight", "transposed"])
+def test_other_convolutions_take_the_usual_path(case, stats):
+    x, w = torch.randn(1, 64, 5, 5), torch.randn(512, 64, 3, 3)
+    kw = {"padding": 1}
+    fn = F.conv2d
+    if case == "groups":
+        w, kw["groups"] = torch.randn(512, 32, 3, 3), 2
+    elif case == "batch 3, large im2col":  # 3*56*56 x 128*3*3 > prepack.MAX_IM2COL_ELEMENTS
+        x, w = torch.randn(3, 128, 56, 56), torch.randn(16, 128, 3, 3)
+    elif case == "float64":
+        x, w = x.double(), w.double()
+    elif case == "small weight":  # at batch 1
+        w = torch.randn(64, 64, 3, 3)
+    elif case == "transposed":
+        fn, w = F.conv_transpose2d, torch.randn(64, 512, 3, 3)
+    before = packs()
+    want = fn(x, w, **kw)
+    close(fn(TorchMLIRTensor(x), TorchMLIRTensor(w), **kw), want)
+    assert packs() == before
+    assert stats()["fallback_calls"] == 0, stats()["fallbacks"]
+
+
+def test_a_new_process_loads_the_prepacked_kernel_from_disk(tmp_path):
+    code = textwrap.dedent("""
+        import torch, torch.nn.functional as F, torch_mlir_eager
+        from torch_mlir_eager import TorchMLIRTensor, prepack
+        torch.manual_seed(0)
+        x, w = torch.randn(1, 64, 5, 5), torch.randn(512, 64, 3, 3)
+        torch_mlir_eager.reset_stats()
+        got = F.conv2d(TorchMLIRTensor(x), TorchMLIRTensor(w), padding=1).cpu()
+        s = torch_mlir_eager.stats()
+        err = (got - F.conv2d(x, w, padding=1)).abs().max().item()
+        print(s["kernels_compiled"], s["disk_cache_hits"], s["compiled_calls"], s["weights_packed"], err < 1e-3)
+    """)
+    env = dict(os.environ, TORCH_MLIR_EAGER_CACHE_DIR=str(tmp_path))
+    runs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+            for _ in range(2)]
+    for r in runs:
+        assert r.returncode == 0, r.stderr[-2000:]
+    first, second = (r.stdout.split()[-5:] for r in runs)
+    assert first[0] == "1" and first[3:] == ["1", "True"], first
+    assert second[0] == "0" and int(second[1]) >= 1 and second[2:] == ["1", "1", "True"], second

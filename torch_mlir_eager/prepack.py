@@ -1,0 +1,226 @@
+"""Convolutions with pre-packed weights, on llvm-cpu targets.
+
+IREE 3.13 compiles a convolution (im2col + data tiling + ukernels) into a kernel that transposes
+and packs its weight into the matmul ukernel's tiled layout on every call: for a 512-channel 3x3
+convolution that is 9.4 MB read and written, about 0.6 ms of the 1.6 ms it takes at batch 1.
+Eval weights do not change between calls, so here the kernel's module has two functions:
+
+    pack(weight)               the weight in the tiled layout (N1, K, N0, 1) of `linalg.mmt4d`'s
+                               right-hand side, K ordered (kh, kw, c)
+    main(input, packed, bias)  pad, im2col (a gather in channels-last order), pack the
+                               left-hand side, mmt4d (IREE's ukernel), unpack, bias, layout
+
+written here in linalg rather than lowered from the torch dialect, and the packed weight of each
+weight storage is kept (`packed_weight`), keyed by the storage and its version: a write to the
+weight (an optimizer step, `copy_`, `.data =` of another storage) bumps the version or changes the
+storage, so it is packed again on its next use; it dies with its storage. The cost is one more
+copy of each such weight in memory.
+
+Only plain 2-D float32 convolutions take this path, and of those only the ones where
+`benchmarks/prepack.py` measured it faster (see MIN_WEIGHT_ELEMENTS below).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+
+import torch
+
+from .kernel_cache import STATS
+from .recipe import fill
+
+# which convolutions take this path (benchmarks/prepack.py; README "Measurements"): at batch 1,
+# those with a large weight (IREE's own kernel, channels-last at batch 1, is as fast for small
+# ones); at larger batches, those whose im2col matrix is not huge (IREE's own NCHW kernel is
+# 1.5-2.5x slower there, but this one is 3x slower on ResNet18's stem and layer1 at batch 8, with
+# im2col matrices of 14M elements)
+MIN_WEIGHT_ELEMENTS = int(os.environ.get("TORCH_MLIR_EAGER_PREPACK_MIN_WEIGHT", 1 << 18))
+MAX_IM2COL_ELEMENTS = int(os.environ.get("TORCH_MLIR_EAGER_PREPACK_MAX_IM2COL", 1 << 23))
+_CHANNELS_LAST = (0, 2, 3, 1)
+
+
+def _tile() -> int:
+    """The mmt4d tile (M0 = N0; K0 = 1) IREE's data tiling picks for float32 on this CPU."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return 8
+    return 16 if " avx512f" in flags else 8
+
+
+TILE = _tile()
+
+
+def packed_input_of(recipe, plan) -> int | None:
+    """The position among the kernel's inputs of the weight to pre-pack, or None when `recipe`
+    is not a convolution this path serves."""
+    if recipe.name != "aten.convolution.default" or not enabled(recipe.flags):
+        return None
+    specs = recipe.specs
+    if len(plan.out_specs) != 1 or plan.out_specs[0].numel == 0 or plan.writes \
+            or len(plan.live_inputs) != len(specs):
+        return None
+    args, kwargs = fill(recipe.template, list(range(len(specs))), ())
+    if kwargs or len(args) != 9:
+        return None
+    x, w, b, stride, padding, dilation, transposed, output_padding, groups = args
+    if not (isinstance(x, int) and isinstance(w, int) and (b is None or isinstance(b, int))):
+        return None
+    xs, ws, out = specs[x], specs[w], plan.out_specs[0]
+    if (transposed or groups != 1 or any(output_padding) or len(xs.shape) != 4
+            or len(stride) != 2 or len(padding) != 2 or len(dilation) != 2):
+        return None
+    if any(s.dtype is not torch.float32 for s in (xs, ws, out) + ((specs[b],) if b is not None else ())):
+        return None
+    if ws.perm is not None or xs.perm not in (None, _CHANNELS_LAST) \
+            or out.perm not in (None, _CHANNELS_LAST) or (b is not None and specs[b].perm is not None):
+        return None
+    im2col = out.numel // out.shape[1] * (ws.numel // ws.shape[0])  # (N*OH*OW) x (C*KH*KW)
+    if not (ws.numel >= MIN_WEIGHT_ELEMENTS if xs.shape[0] == 1 else im2col <= MAX_IM2COL_ELEMENTS):
+        return None
+    return plan.live_inputs.index(w)
+
+
+def enabled(flags) -> bool:
+    return "--iree-hal-local-target-device-backends=llvm-cpu" in flags and ENABLED
+
+
+# $TORCH_MLIR_EAGER_PREPACK=0 switches the path off (for A/B runs); both settings are part of
+# the disk index's keys (settings()), so a kernel of the other form is not served from it
+ENABLED = os.environ.get("TORCH_MLIR_EAGER_PREPACK", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def settings() -> str:
+    return f"prepack={int(ENABLED)},{MIN_WEIGHT_ELEMENTS},{MAX_IM2COL_ELEMENTS},{TILE}"
+
+
+def module_text(recipe, plan) -> str:
+    """The linalg module of a convolution `packed_input_of` accepts: `main` and `pack`."""
+    specs = recipe.specs
+    args, _ = fill(recipe.template, list(range(len(specs))), ())
+    x, w, b, stride, padding, dilation = args[:6]
+    xs, ws, out = specs[x], specs[w], plan.out_specs[0]
+    n, c, h, wd = xs.shape
+    o, _, kh, kw = ws.shape
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    oh, ow = out.shape[2], out.shape[3]
+    t = plan.packed[1]
+    m, k = n * oh * ow, kh * kw * c
+    m1, n1 = -(-m // t), -(-o // t)
+    hp, wp = h + 2 * ph, wd + 2 * pw
+    f = "f32"
+
+    def ty(*dims):
+        return "tensor<" + "x".join(str(d) for d in dims) + f"x{f}>"
+
+    lines = [
+        f"#im2col_in = affine_map<(n, oh, ow, kh, kw, c) -> (n, oh * {sh} + kh * {dh}, ow * {sw} + kw * {dw}, c)>",
+        "#im2col_out = affine_map<(n, oh, ow, kh, kw, c) -> (n, oh, ow, kh, kw, c)>",
+        "#bias_in = affine_map<(m, o) -> (o)>",
+        "#ident2 = affine_map<(m, o) -> (m, o)>",
+        f"func.func @pack(%w: {ty(o, c, kh, kw)}) -> {ty(n1, k, t, 1)} {{",
+        f"  %zero = arith.constant 0.0 : {f}",
+        f"  %te = tensor.empty() : {ty(o, kh, kw, c)}",
+        f"  %wt = linalg.transpose ins(%w : {ty(o, c, kh, kw)}) outs(%te : {ty(o, kh, kw, c)}) permutation = [0, 2, 3, 1]",
+        f"  %wk = tensor.collapse_shape %wt [[0], [1, 2, 3]] : {ty(o, kh, kw, c)} into {ty(o, k)}",
+        f"  %pe = tensor.empty() : {ty(n1, k, t, 1)}",
+        f"  %p = linalg.pack %wk padding_value(%zero : {f}) inner_dims_pos = [0, 1] inner_tiles = [{t}, 1] "
+        f"into %pe : {ty(o, k)} -> {ty(n1, k, t, 1)}",
+        f"  return %p : {ty(n1, k, t, 1)}",
+        "}",
+    ]
+    bias_arg = f", %b: {ty(o)}" if b is not None else ""
+    out_shape = (n, o, oh, ow) if out.perm is None else (n, oh, ow, o)
+    lines += [
+        f"func.func @main(%x: {ty(*xs.physical_shape)}, %wp: {ty(n1, k, t, 1)}{bias_arg}) -> {ty(*out_shape)} {{",
+        f"  %zero = arith.constant 0.0 : {f}",
+    ]
+    if xs.perm is None:  # NCHW -> NHWC: the gather then reads contiguous channels
+        lines += [f"  %xe = tensor.empty() : {ty(n, h, wd, c)}",
+                  f"  %xt = linalg.transpose ins(%x : {ty(n, c, h, wd)}) outs(%xe : {ty(n, h, wd, c)}) permutation = [0, 2, 3, 1]"]
+    else:
+        lines += [f"  %xt = tensor.cast %x : {ty(n, h, wd, c)} to {ty(n, h, wd, c)}"]
+    lines += [
+        f"  %xp = tensor.pad %xt low[0, {ph}, {pw}, 0] high[0, {ph}, {pw}, 0] {{",
+        "  ^bb0(%i0: index, %i1: index, %i2: index, %i3: index):",
+        f"    tensor.yield %zero : {f}",
+        f"  }} : {ty(n, h, wd, c)} to {ty(n, hp, wp, c)}",
+        f"  %ce = tensor.empty() : {ty(n, oh, ow, kh, kw, c)}",
+        "  %col = linalg.generic {indexing_maps = [#im2col_in, #im2col_out], iterator_types = "
+        "[\"parallel\", \"parallel\", \"parallel\", \"parallel\", \"parallel\", \"parallel\"]}",
+        f"      ins(%xp : {ty(n, hp, wp, c)}) outs(%ce : {ty(n, oh, ow, kh, kw, c)}) {{",
+        f"  ^bb0(%a: {f}, %unused: {f}):",
+        f"    linalg.yield %a : {f}",
+        f"  }} -> {ty(n, oh, ow, kh, kw, c)}",
+        f"  %lhs = tensor.collapse_shape %col [[0, 1, 2], [3, 4, 5]] : {ty(n, oh, ow, kh, kw, c)} into {ty(m, k)}",
+        f"  %le = tensor.empty() : {ty(m1, k, t, 1)}",
+        f"  %lp = linalg.pack %lhs padding_value(%zero : {f}) inner_dims_pos = [0, 1] inner_tiles = [{t}, 1] "
+        f"into %le : {ty(m, k)} -> {ty(m1, k, t, 1)}",
+        f"  %ae = tensor.empty() : {ty(m1, n1, t, t)}",
+        f"  %af = linalg.fill ins(%zero : {f}) outs(%ae : {ty(m1, n1, t, t)}) -> {ty(m1, n1, t, t)}",
+        f"  %mm = linalg.mmt4d ins(%lp, %wp : {ty(m1, k, t, 1)}, {ty(n1, k, t, 1)}) outs(%af : {ty(m1, n1, t, t)}) "
+        f"-> {ty(m1, n1, t, t)}",
+        f"  %ue = tensor.empty() : {ty(m, o)}",
+        f"  %u = linalg.unpack %mm inner_dims_pos = [0, 1] inner_tiles = [{t}, {t}] into %ue : "
+        f"{ty(m1, n1, t, t)} -> {ty(m, o)}",
+    ]
+    result = "%u"
+    if b is not None:
+        lines += [
+            "  %biased = linalg.generic {indexing_maps = [#ident2, #bias_in, #ident2], "
+            "iterator_types = [\"parallel\", \"parallel\"]}",
+            f"      ins(%u, %b : {ty(m, o)}, {ty(o)}) outs(%ue : {ty(m, o)}) {{",
+            f"  ^bb0(%v: {f}, %bv: {f}, %unused: {f}):",
+            f"    %s = arith.addf %v, %bv : {f}",
+            f"    linalg.yield %s : {f}",
+            f"  }} -> {ty(m, o)}",
+        ]
+        result = "%biased"
+    if out.perm is None:  # (N*OH*OW, O) -> (N, O, OH, OW)
+        lines += [
+            f"  %r3 = tensor.expand_shape {result} [[0, 1], [2]] output_shape [{n}, {oh * ow}, {o}] : "
+            f"{ty(m, o)} into {ty(n, oh * ow, o)}",
+            f"  %re = tensor.empty() : {ty(n, o, oh * ow)}",
+            f"  %rt = linalg.transpose ins(%r3 : {ty(n, oh * ow, o)}) outs(%re : {ty(n, o, oh * ow)}) permutation = [0, 2, 1]",
+            f"  %r = tensor.expand_shape %rt [[0], [1], [2, 3]] output_shape [{n}, {o}, {oh}, {ow}] : "
+            f"{ty(n, o, oh * ow)} into {ty(n, o, oh, ow)}",
+        ]
+    else:  # channels-last: (N*OH*OW, O) is already (N, OH, OW, O)
+        lines += [f"  %r = tensor.expand_shape {result} [[0, 1, 2], [3]] output_shape [{n}, {oh}, {ow}, {o}] : "
+                  f"{ty(m, o)} into {ty(n, oh, ow, o)}"]
+    lines += [f"  return %r : {ty(*out_shape)}", "}", ""]
+    return "\n".join(lines)
+
+
+# ---- the packed weights ---------------------------------------------------------------------------
+_PACKED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # DeviceStorage -> {geometry: (version, packed)}
+_LOCK = threading.Lock()
+
+
+def packed_weight(kernel, buffer, weight):
+    """The packed form of `weight` (whose dense buffer is `buffer`) for `kernel`, packed by its
+    `pack` function on first use and after every write to the weight's storage."""
+    storage = weight._storage_ref
+    geometry = (weight._spec, weight.storage_offset(), kernel.pack_tile)
+    with _LOCK:
+        held = _PACKED.get(storage)
+        hit = held.get(geometry) if held is not None else None
+        if hit is not None and hit[0] == storage.version:
+            return hit[1]
+    packed = kernel.pack(buffer)
+    STATS.weight_packed()
+    with _LOCK:
+        held = _PACKED.setdefault(storage, {})
+        for g in [g for g, (v, _) in held.items() if v != storage.version]:
+            del held[g]  # stale: the storage was written since
+        held[geometry] = (storage.version, packed)
+    return packed
+
+
+def forget_all():
+    """Drop every packed weight (reset_caches)."""
+    with _LOCK:
+        _PACKED.clear()
