@@ -189,3 +189,51 @@ def test_a_new_process_loads_the_prepacked_kernel_from_disk(tmp_path):
     first, second = (r.stdout.split()[-5:] for r in runs)
     assert first[0] == "1" and first[3:] == ["1", "True"], first
     assert second[0] == "0" and int(second[1]) >= 1 and second[2:] == ["1", "1", "True"], second
+
+
+def test_a_convolution_iree_does_not_compile_takes_the_prepacked_kernel(stats):
+    # OpInfo's sample: a 3x4 kernel, stride 2, over a 4x3 input; IREE 3.13's own lowering fails
+    # ("inferred input/output operand #1 has shape's dimension #2 to be 5, but found 4")
+    x, w = torch.randn(1, 2, 4, 3), torch.randn(4, 2, 3, 4)
+    close(F.conv2d(TorchMLIRTensor(x), TorchMLIRTensor(w), stride=2, padding=1), F.conv2d(x, w, stride=2, padding=1))
+    s = stats()
+    assert s["compiled_calls"] == 1 and s["fallback_calls"] == 0 and s["weights_packed"] == 1, s["fallbacks"]
+
+
+FUZZ = textwrap.dedent("""
+    import random, torch, torch.nn.functional as F, torch_mlir_eager
+    from torch_mlir_eager import TorchMLIRTensor as T
+    rng, done, bad = random.Random(5), 0, []
+    while done < 24:
+        n, c, o, h, w = rng.randint(1, 3), rng.randint(1, 5), rng.randint(1, 20), rng.randint(1, 9), rng.randint(1, 9)
+        kh, kw = rng.randint(1, 4), rng.randint(1, 4)
+        s, p, d = [(rng.randint(1, 3), rng.randint(1, 3)), (rng.randint(0, 2), rng.randint(0, 2)),
+                   (rng.randint(1, 3), rng.randint(1, 3))]
+        x, wt = torch.randn(n, c, h, w), torch.randn(o, c, kh, kw)
+        b = torch.randn(o) if rng.random() < 0.5 else None
+        if rng.random() < 0.3:
+            x = x.to(memory_format=torch.channels_last)
+        try:
+            want = F.conv2d(x, wt, b, s, p, d)
+        except RuntimeError:
+            continue
+        if want.numel() == 0:
+            continue
+        done += 1
+        torch_mlir_eager.reset_stats()
+        got = F.conv2d(T(x), T(wt), None if b is None else T(b), s, p, d).cpu()
+        st = torch_mlir_eager.stats()
+        err = (got - want).abs().max().item() / max(1.0, want.abs().max().item())
+        if err > 1e-4 or got.stride() != want.stride() or st["weights_packed"] != 1 or st["compiled_calls"] != 1:
+            bad.append(((n, c, o, h, w, kh, kw, s, p, d, b is not None), err, st["weights_packed"], st["fallbacks"]))
+    print("BAD", bad)
+""")
+
+
+def test_any_geometry_of_the_prepacked_kernel_matches_native(tmp_path):
+    """24 random convolutions (batch, channels, sizes, kernel, stride, padding, dilation, bias,
+    channels_last), every one forced onto the pre-packed kernel by a threshold of 0."""
+    env = dict(os.environ, TORCH_MLIR_EAGER_CACHE_DIR=str(tmp_path), TORCH_MLIR_EAGER_PREPACK_MIN_WEIGHT="0")
+    r = subprocess.run([sys.executable, "-c", FUZZ], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip().splitlines()[-1] == "BAD []", r.stdout[-3000:]

@@ -255,23 +255,35 @@ def build(recipe: Recipe, scalars=()) -> Built:
         _check_flat_plan(recipe, plan)
     slots = scalar_slots(recipe.template)
     built = None
+    # a convolution with a pre-packed weight (prepack.py): first where it is faster, and as a
+    # second attempt for any plain float32 convolution IREE's own lowering does not compile
     packed = None if (recipe.flat or slots) else prepack.packed_input_of(recipe, plan)
-    if packed is not None:
-        try:
-            built = _build_prepacked(recipe, plan, packed)
-        except Exception as e:  # noqa: BLE001 - the usual path then
-            step = e.step if isinstance(e, StepError) else type(e).__name__
-            log.warning("%s: the pre-packed convolution did not build (%s: %s)", recipe.name, step, first_line(str(e)))
+    if packed is not None and packed.preferred:
+        built = _try_prepacked(recipe, plan, packed.index)
     if slots:
         try:
             built = _build_runtime_scalars(recipe, kind, plan, slots, scalars)
         except StepError as e:
             log.debug("%s: runtime scalars did not work (%s: %s); baking them in", recipe.name, e.step, e.first_line)
     if built is None:
-        built = _build_traced(recipe, kind, plan, scalars, slots=(), positions=None)
+        try:
+            built = _build_traced(recipe, kind, plan, scalars, slots=(), positions=None)
+        except StepError:
+            built = _try_prepacked(recipe, plan, packed.index) if packed is not None and not packed.preferred else None
+            if built is None:
+                raise
         built.runtime_scalars = not slots
     built.seconds = time.perf_counter() - start
     return built
+
+
+def _try_prepacked(recipe, plan, packed_input):
+    try:
+        return _build_prepacked(recipe, plan, packed_input)
+    except Exception as e:  # noqa: BLE001 - the usual path then (or its error)
+        step = e.step if isinstance(e, StepError) else type(e).__name__
+        log.warning("%s: the pre-packed convolution did not build (%s: %s)", recipe.name, step, first_line(str(e)))
+        return None
 
 
 def warm_up():
@@ -312,8 +324,13 @@ def _build_prepacked(recipe, plan, packed_input) -> Built:
     text = prepack.module_text(recipe, plan)
     dump = _Dump(recipe)
     dump.write("linalg.mlir", text)
-    vmfb, from_disk, entry = _compile(text, recipe.flags)
-    dump.write("compile.log", "ok (pre-packed weight)\nflags: " + " ".join(recipe.flags) + "\n")
+    from .iree_compile import CPU_BATCH1_CONV_FLAGS
+
+    # the flags of IREE's own convolutions, less the channels-last conversion: this module has no
+    # convolution, and the pass breaks an unpack whose outer dims are 1
+    flags = [f for f in recipe.flags if f not in CPU_BATCH1_CONV_FLAGS]
+    vmfb, from_disk, entry = _compile(text, flags)
+    dump.write("compile.log", "ok (pre-packed weight)\nflags: " + " ".join(flags) + "\n")
     return Built(vmfb, plan, tuple(sorted(lowering.written_arguments(text))), from_disk=from_disk, entry=entry)
 
 

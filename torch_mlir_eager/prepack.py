@@ -16,8 +16,9 @@ weight (an optimizer step, `copy_`, `.data =` of another storage) bumps the vers
 storage, so it is packed again on its next use; it dies with its storage. The cost is one more
 copy of each such weight in memory.
 
-Only plain 2-D float32 convolutions take this path, and of those only the ones where
-`benchmarks/prepack.py` measured it faster (see MIN_WEIGHT_ELEMENTS below).
+Only plain 2-D float32 convolutions take this path: first, those where `benchmarks/prepack.py`
+measured it faster (see MIN_WEIGHT_ELEMENTS below); the others when IREE's own lowering of the
+convolution fails to compile (a 3x4 kernel of stride 2 over a 4x3 input, in OpInfo's samples).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import os
 import threading
 import weakref
+from typing import NamedTuple
 
 import torch
 
@@ -54,9 +56,14 @@ def _tile() -> int:
 TILE = _tile()
 
 
-def packed_input_of(recipe, plan) -> int | None:
-    """The position among the kernel's inputs of the weight to pre-pack, or None when `recipe`
-    is not a convolution this path serves."""
+class Eligible(NamedTuple):
+    index: int  # the weight's position among the kernel's inputs
+    preferred: bool  # measured faster than IREE's own convolution (else: only if that fails)
+
+
+def packed_input_of(recipe, plan) -> Eligible | None:
+    """Whether (and how) this path serves `recipe`: None when it is not a plain float32 2-D
+    convolution on an llvm-cpu target."""
     if recipe.name != "aten.convolution.default" or not enabled(recipe.flags):
         return None
     specs = recipe.specs
@@ -79,9 +86,8 @@ def packed_input_of(recipe, plan) -> int | None:
             or out.perm not in (None, _CHANNELS_LAST) or (b is not None and specs[b].perm is not None):
         return None
     im2col = out.numel // out.shape[1] * (ws.numel // ws.shape[0])  # (N*OH*OW) x (C*KH*KW)
-    if not (ws.numel >= MIN_WEIGHT_ELEMENTS if xs.shape[0] == 1 else im2col <= MAX_IM2COL_ELEMENTS):
-        return None
-    return plan.live_inputs.index(w)
+    preferred = ws.numel >= MIN_WEIGHT_ELEMENTS if xs.shape[0] == 1 else im2col <= MAX_IM2COL_ELEMENTS
+    return Eligible(plan.live_inputs.index(w), preferred)
 
 
 def enabled(flags) -> bool:
@@ -148,10 +154,22 @@ def module_text(recipe, plan) -> str:
         "  ^bb0(%i0: index, %i1: index, %i2: index, %i3: index):",
         f"    tensor.yield %zero : {f}",
         f"  }} : {ty(n, h, wd, c)} to {ty(n, hp, wp, c)}",
+    ]
+    # the rows and columns the windows reach: a padded input wider than that trips MLIR's
+    # folding of unit dims in the gather (`ow*s + kw` becomes `kw` when OW is 1, which must then
+    # span the whole width), so the rest is sliced off
+    need_h, need_w = (oh - 1) * sh + (kh - 1) * dh + 1, (ow - 1) * sw + (kw - 1) * dw + 1
+    if (need_h, need_w) != (hp, wp):
+        lines += [f"  %xw = tensor.extract_slice %xp[0, 0, 0, 0] [{n}, {need_h}, {need_w}, {c}] [1, 1, 1, 1] : "
+                  f"{ty(n, hp, wp, c)} to {ty(n, need_h, need_w, c)}"]
+        hp, wp = need_h, need_w
+    else:
+        lines += [f"  %xw = tensor.cast %xp : {ty(n, hp, wp, c)} to {ty(n, hp, wp, c)}"]
+    lines += [
         f"  %ce = tensor.empty() : {ty(n, oh, ow, kh, kw, c)}",
         "  %col = linalg.generic {indexing_maps = [#im2col_in, #im2col_out], iterator_types = "
         "[\"parallel\", \"parallel\", \"parallel\", \"parallel\", \"parallel\", \"parallel\"]}",
-        f"      ins(%xp : {ty(n, hp, wp, c)}) outs(%ce : {ty(n, oh, ow, kh, kw, c)}) {{",
+        f"      ins(%xw : {ty(n, hp, wp, c)}) outs(%ce : {ty(n, oh, ow, kh, kw, c)}) {{",
         f"  ^bb0(%a: {f}, %unused: {f}):",
         f"    linalg.yield %a : {f}",
         f"  }} -> {ty(n, oh, ow, kh, kw, c)}",
