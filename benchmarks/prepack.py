@@ -54,7 +54,6 @@ def conv_child(rounds: int, batches):
     for batch, (name, count, cin, cout, size, k, stride, padding) in [(b, c) for b in batches for c in CONVS]:
         x, w = torch.randn(batch, cin, size, size), torch.randn(cout, cin, k, k)
         X, W = TorchMLIRTensor(x), TorchMLIRTensor(w)
-        xb, wb = dense_buffer(X), dense_buffer(W)
         kernels = {}
         for setting in (True, False):
             prepack.ENABLED = setting  # read by the build (in this process: no compile workers)
@@ -65,8 +64,8 @@ def conv_child(rounds: int, batches):
                                     if isinstance(e, Kernel) and e.name == "aten.convolution.default")
         packed, usual = kernels[True], kernels[False]
         assert packed.packed_input is not None and usual.packed_input is None
-        options = {"prepacked": lambda k=packed: k(k.with_packed_weight([xb, wb], W)),
-                   "usual": lambda k=usual: k([xb, wb]),
+        options = {"prepacked": lambda k=packed: k(prepack.input_buffers(k, [X, W])),
+                   "usual": lambda k=usual: k([dense_buffer(X), dense_buffer(W)]),
                    "native": lambda: F.conv2d(x, w, stride=stride, padding=padding)}
         s = bu.interleaved(options, 3, rounds, warmup=3, settle=0.05, lead=1)
         med = {n: bu.median(v) * 1e3 for n, v in s.items()}

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 import weakref
 
 import pytest
@@ -237,3 +238,95 @@ def test_any_geometry_of_the_prepacked_kernel_matches_native(tmp_path):
     r = subprocess.run([sys.executable, "-c", FUZZ], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.strip().splitlines()[-1] == "BAD []", r.stdout[-3000:]
+
+
+def test_one_storage_and_offset_seen_as_two_shapes(stats):
+    x, x2 = torch.randn(1, 64, 5, 5), torch.randn(1, 576, 2, 2)
+    w = torch.randn(512, 64, 3, 3)
+    W = TorchMLIRTensor(w)
+    close(F.conv2d(TorchMLIRTensor(x), W, padding=1), F.conv2d(x, w, padding=1))
+    flat = W.view(512, 576, 1, 1)  # the same bytes, another geometry: another packing
+    close(F.conv2d(TorchMLIRTensor(x2), flat), F.conv2d(x2, w.view(512, 576, 1, 1)))
+    close(F.conv2d(TorchMLIRTensor(x), W, padding=1), F.conv2d(x, w, padding=1))
+    assert stats()["weights_packed"] == 2
+
+
+def test_packed_views_of_one_storage_are_bounded_and_a_write_drops_them():
+    x = torch.randn(1, 64, 4, 4)
+    big = torch.randn(520, 64, 3, 3)
+    BIG = TorchMLIRTensor(big)
+    for i in range(8):
+        close(F.conv2d(TorchMLIRTensor(x), BIG[i:i + 512], padding=1), F.conv2d(x, big[i:i + 512], padding=1))
+    held = prepack._PACKED[BIG._storage_ref]
+    assert len(held) == prepack.MAX_VIEWS_PER_STORAGE
+    with torch.no_grad():
+        BIG.add_(1.0)
+        big.add_(1.0)
+    close(F.conv2d(TorchMLIRTensor(x), BIG[3:515], padding=1), F.conv2d(x, big[3:515], padding=1))
+    assert len(prepack._PACKED[BIG._storage_ref]) == 1  # the stale packings went with the write
+
+
+@pytest.mark.parametrize("case", ["channels_last weight", "input with H and W swapped in memory"])
+def test_layouts_the_kernel_does_not_take(case, stats):
+    x, w = torch.randn(1, 64, 5, 6), torch.randn(512, 64, 3, 3)
+    if case == "channels_last weight":
+        w = w.to(memory_format=torch.channels_last)
+    else:
+        x = torch.randn(1, 64, 6, 5).transpose(2, 3)
+    close(F.conv2d(TorchMLIRTensor(x), TorchMLIRTensor(w), padding=1), F.conv2d(x, w, padding=1))
+    s = stats()
+    assert s["weights_packed"] == 0 and s["fallback_calls"] == 0, s["fallbacks"]
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 16, 1), (1, 64, 512, 3)])  # (batch, in, out, kernel)
+def test_the_inputs_are_left_as_they_were(shape, stats):
+    n, c, o, k = shape
+    x, w, b = torch.randn(n, c, 4, 4), torch.randn(o, c, k, k), torch.randn(o)
+    X, W, B = TorchMLIRTensor(x), TorchMLIRTensor(w), TorchMLIRTensor(b)
+    for _ in range(2):
+        close(F.conv2d(X, W, B, padding=k // 2), F.conv2d(x, w, b, padding=k // 2))
+    for dev, host in ((X, x), (W, w), (B, b)):
+        assert torch.equal(dev._host(), host)
+    assert stats()["weights_packed"] == 1
+
+
+def test_inference_mode_takes_the_path(stats):
+    # under torch.inference_mode the call comes as aten.conv2d (not decomposed to convolution)
+    x, w, b = torch.randn(1, 64, 5, 5), torch.randn(512, 64, 3, 3), torch.randn(512)
+    with torch.inference_mode():
+        X, W, B = TorchMLIRTensor(x), TorchMLIRTensor(w), TorchMLIRTensor(b)
+        got = F.conv2d(X, W, B, stride=2, padding=1)
+        got2 = F.conv2d(X, W, B, stride=2, padding=1)
+    close(got, F.conv2d(x, w, b, stride=2, padding=1))
+    close(got2, F.conv2d(x, w, b, stride=2, padding=1))
+    s = stats()
+    assert s["weights_packed"] == 1 and s["compiled_calls"] == 2 and s["fallback_calls"] == 0, s["fallbacks"]
+
+
+def test_a_write_from_another_thread_is_not_lost():
+    """A convolution racing with a write from another thread may see either value; once the
+    writer is joined, every call must see the new one (the packing is tagged with the version
+    read before the weight's buffer)."""
+    import random
+    import threading
+
+    old_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        x = torch.randn(1, 64, 5, 5)
+        X, W = TorchMLIRTensor(x), TorchMLIRTensor(torch.randn(512, 64, 3, 3))
+        values = [torch.full((512, 64, 3, 3), float(i)) for i in range(2)]
+        rng = random.Random(0)
+        stale = 0
+        for _ in range(60):
+            W.copy_(values[0])
+            delay = rng.uniform(0, 0.002)
+            writer = threading.Thread(target=lambda: (time.sleep(delay), W.copy_(values[1])))
+            writer.start()
+            F.conv2d(X, W, padding=1)
+            writer.join()
+            got = F.conv2d(X, W, padding=1)._host()
+            stale += not torch.allclose(got, F.conv2d(x, values[1], padding=1), rtol=1e-4, atol=1e-3)
+    finally:
+        sys.setswitchinterval(old_interval)
+    assert stale == 0

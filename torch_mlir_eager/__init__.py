@@ -83,7 +83,9 @@ _atexit.register(_release_at_exit)
 
 def clear_kernel_cache() -> None:
     """Forget every in-memory kernel and remembered fallback of this process."""
+    from .prepack import forget_all
     from .runners import clear
 
     _CACHE.clear()
     clear()
+    forget_all()

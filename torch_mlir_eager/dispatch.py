@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from torch.utils._pytree import tree_unflatten
 
-from . import bounds, compile_service, decomposed, flat, guards, runners, special, views
+from . import bounds, compile_service, decomposed, flat, guards, prepack, runners, special, views
 from .buffers import dense_buffer, take_host_work_note, write
 from .config import config
 from .fallback import run_native
@@ -221,9 +221,10 @@ def run_kernel(kernel: Kernel, call: OpCall):
         return flat.run(kernel, call)
     plan = kernel.plan
     tensors = call.tensors
-    buffers = [dense_buffer(tensors[i]) for i in plan.live_inputs]
-    if kernel.packed_input is not None:  # a convolution's weight, pre-packed (prepack.py)
-        buffers = kernel.with_packed_weight(buffers, tensors[plan.live_inputs[kernel.packed_input]])
+    if kernel.packed_input is None:
+        buffers = [dense_buffer(tensors[i]) for i in plan.live_inputs]
+    else:  # a convolution's weight, pre-packed
+        buffers = prepack.input_buffers(kernel, [tensors[i] for i in plan.live_inputs])
     outs = iter(kernel(buffers, call.scalars))
     device = call.device
     fresh = [

@@ -149,9 +149,10 @@ def target_flags(driver: str) -> list[str]:
 # 127.0 ms with the defaults (0.45x); a 7x7 stride-2 stem 0.27x, a 1x1 stride-2 0.06x, 3x3 at
 # 128/256 channels 0.64-0.69x, at 64 channels 1.07x. Matmuls gain nothing from them (attention's
 # bmm 1.19x), so only convolutions get them.
+_CONV_FLAGS = ("--iree-global-opt-use-im2col-for-convs", "--iree-opt-data-tiling", "--iree-llvmcpu-enable-ukernels=all")
 CPU_OP_CLASS_FLAGS = {
-    "aten.convolution.default": ("--iree-global-opt-use-im2col-for-convs", "--iree-opt-data-tiling",
-                                 "--iree-llvmcpu-enable-ukernels=all"),
+    "aten.convolution.default": _CONV_FLAGS,
+    "aten.conv2d.default": _CONV_FLAGS,  # as it comes under torch.inference_mode
 }
 # At batch 1, convolutions are first converted to channels-last (transposes IREE fuses into the
 # im2col and the result), so that the im2col gather reads contiguous channels: 3x3 convolutions
@@ -168,7 +169,7 @@ def op_flags(flags, op_name: str, input_shape=None) -> tuple:
     targets; inserted before $TORCH_MLIR_EAGER_COMPILE_FLAGS, which still override them.
     `input_shape`: the shape of the call's first tensor (a convolution's input)."""
     extra = CPU_OP_CLASS_FLAGS.get(op_name)
-    if extra and op_name == "aten.convolution.default" and input_shape and input_shape[0] == 1:
+    if extra is _CONV_FLAGS and input_shape and input_shape[0] == 1:
         extra = extra + CPU_BATCH1_CONV_FLAGS
     flags = tuple(flags)
     if not extra or "--iree-hal-local-target-device-backends=llvm-cpu" not in flags:

@@ -100,13 +100,6 @@ class Kernel:
         self._context_of_this_thread().invoke(self._pack, args, results)
         return results.get_as_object(0, rt.HalBufferView)
 
-    def with_packed_weight(self, buffers, weight):
-        """`buffers` with the weight's (`weight`, a TorchMLIRTensor) replaced by its packed form."""
-        from .prepack import packed_weight
-
-        buffers[self.packed_input] = packed_weight(self, buffers[self.packed_input], weight)
-        return buffers
-
     def __call__(self, buffers, scalars=()) -> list:
         if not self.launches:
             return []

@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import threading
 import weakref
+from collections import OrderedDict
 from typing import NamedTuple
 
 import torch
@@ -64,14 +65,14 @@ class Eligible(NamedTuple):
 def packed_input_of(recipe, plan) -> Eligible | None:
     """Whether (and how) this path serves `recipe`: None when it is not a plain float32 2-D
     convolution on an llvm-cpu target."""
-    if recipe.name != "aten.convolution.default" or not enabled(recipe.flags):
+    if recipe.name not in CONVOLUTIONS or not enabled(recipe.flags):
         return None
     specs = recipe.specs
     if len(plan.out_specs) != 1 or plan.out_specs[0].numel == 0 or plan.writes \
             or len(plan.live_inputs) != len(specs):
         return None
-    args, kwargs = fill(recipe.template, list(range(len(specs))), ())
-    if kwargs or len(args) != 9:
+    args = convolution_args(recipe)
+    if args is None:
         return None
     x, w, b, stride, padding, dilation, transposed, output_padding, groups = args
     if not (isinstance(x, int) and isinstance(w, int) and (b is None or isinstance(b, int))):
@@ -103,11 +104,41 @@ def settings() -> str:
     return f"prepack={int(ENABLED)},{MIN_WEIGHT_ELEMENTS},{MAX_IM2COL_ELEMENTS},{TILE}"
 
 
+# aten.convolution, and aten.conv2d as it comes under torch.inference_mode (which does not
+# decompose it): (input, weight, bias, stride, padding, dilation[, transposed, output_padding], groups)
+CONVOLUTIONS = ("aten.convolution.default", "aten.conv2d.default")
+_CONV2D_DEFAULTS = (None, [1, 1], [0, 0], [1, 1], 1)
+
+
+def convolution_args(recipe):
+    """The call's arguments as aten.convolution's, tensors as their input positions; None when
+    they are not plain positional arguments."""
+    args, kwargs = fill(recipe.template, list(range(len(recipe.specs))), ())
+    args = list(args)
+    if recipe.name == "aten.conv2d.default":
+        if len(args) < 2 or len(args) > 7 or set(kwargs) - {"bias", "stride", "padding", "dilation", "groups"}:
+            return None
+        names = ("bias", "stride", "padding", "dilation", "groups")
+        full = args[:2] + [kwargs.get(n, d) for n, d in zip(names, _CONV2D_DEFAULTS)]
+        full[2:len(args)] = args[2:]
+        b, stride, padding, dilation, groups = full[2:]
+        return [full[0], full[1], b, _pair(stride), _pair(padding), _pair(dilation), False, [0, 0], groups]
+    if kwargs or len(args) != 9:
+        return None
+    return args
+
+
+def _pair(v) -> list:
+    """An int[2] argument as given: an int or a one-element list stands for both dims."""
+    if isinstance(v, int):
+        return [v, v]
+    return list(v) * 2 if len(v) == 1 else list(v)
+
+
 def module_text(recipe, plan) -> str:
     """The linalg module of a convolution `packed_input_of` accepts: `main` and `pack`."""
     specs = recipe.specs
-    args, _ = fill(recipe.template, list(range(len(specs))), ())
-    x, w, b, stride, padding, dilation = args[:6]
+    x, w, b, stride, padding, dilation = convolution_args(recipe)[:6]
     xs, ws, out = specs[x], specs[w], plan.out_specs[0]
     n, c, h, wd = xs.shape
     o, _, kh, kw = ws.shape
@@ -215,30 +246,48 @@ def module_text(recipe, plan) -> str:
 
 # ---- the packed weights ---------------------------------------------------------------------------
 _PACKED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # DeviceStorage -> {geometry: (version, packed)}
+MAX_VIEWS_PER_STORAGE = 4  # packed views kept per storage (a weight is one; slices of one buffer, more)
 _LOCK = threading.Lock()
 
 
-def packed_weight(kernel, buffer, weight):
-    """The packed form of `weight` (whose dense buffer is `buffer`) for `kernel`, packed by its
-    `pack` function on first use and after every write to the weight's storage."""
+def input_buffers(kernel, tensors) -> list:
+    """The kernel's input buffers for its input tensors: the weight packed, the others dense."""
+    from .buffers import dense_buffer
+
+    return [packed_weight(kernel, t) if i == kernel.packed_input else dense_buffer(t) for i, t in enumerate(tensors)]
+
+
+def packed_weight(kernel, weight):
+    """The packed form of `weight` (a TorchMLIRTensor) for `kernel`, packed by its `pack`
+    function on first use and after every write to the weight's storage."""
     storage = weight._storage_ref
     geometry = (weight._spec, weight.storage_offset(), kernel.pack_tile)
+    # the version is read before the buffer: a write from another thread in between makes the
+    # packing look older than it is (a repack on the next call), never newer (a stale weight)
+    version = storage.version
     with _LOCK:
         held = _PACKED.get(storage)
         hit = held.get(geometry) if held is not None else None
-        if hit is not None and hit[0] == storage.version:
+        if hit is not None and hit[0] == version:
+            held.move_to_end(geometry)
             return hit[1]
-    packed = kernel.pack(buffer)
+    from .buffers import dense_buffer
+
+    packed = kernel.pack(dense_buffer(weight))
     STATS.weight_packed()
     with _LOCK:
-        held = _PACKED.setdefault(storage, {})
+        held = _PACKED.get(storage)
+        if held is None:
+            held = _PACKED[storage] = OrderedDict()
         for g in [g for g, (v, _) in held.items() if v != storage.version]:
             del held[g]  # stale: the storage was written since
-        held[geometry] = (storage.version, packed)
+        held[geometry] = (version, packed)
+        while len(held) > MAX_VIEWS_PER_STORAGE:  # many views of one storage: the least recently used go
+            held.popitem(last=False)
     return packed
 
 
 def forget_all():
-    """Drop every packed weight (reset_caches)."""
+    """Drop every packed weight (clear_kernel_cache)."""
     with _LOCK:
         _PACKED.clear()

@@ -19,7 +19,7 @@ import math
 import torch
 from torch.utils._pytree import tree_unflatten
 
-from . import bounds
+from . import bounds, prepack
 from .buffers import dense_buffer, forget_gathers, write
 from .kernel import Kernel
 from .kernel_cache import CACHE, COMPILED, METADATA, STATS
@@ -200,10 +200,10 @@ class Runner:
                 if a._whole_nbytes != a._storage_ref.nbytes:
                     return None
                 buffers.append(a._storage_ref.view(a.dtype, shape))
-        else:
+        elif self.kernel.packed_input is None:
             buffers = [dense_buffer(args[i]) for i in self.live]
-            if self.kernel.packed_input is not None:  # a convolution's weight (prepack.py)
-                buffers = self.kernel.with_packed_weight(buffers, args[self.live[self.kernel.packed_input]])
+        else:  # a convolution's weight, pre-packed
+            buffers = prepack.input_buffers(self.kernel, [args[i] for i in self.live])
         outs = iter(self.invoke(buffers, scalars))
         device = self.device
         fresh = []
