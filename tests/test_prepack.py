@@ -330,3 +330,30 @@ def test_a_write_from_another_thread_is_not_lost():
     finally:
         sys.setswitchinterval(old_interval)
     assert stale == 0
+
+
+SMALL_X, SMALL_W = (1, 2, 4, 3), (4, 2, 3, 4)  # IREE's own lowering fails: the rescue
+BIG_X, BIG_W = (1, 64, 6, 7), (512, 64, 3, 3)  # preferred
+FORMS = {  # (input shape, weight shape, call)
+    "one-element stride and padding lists": (SMALL_X, SMALL_W, lambda X, W: F.conv2d(X, W, None, (2,), (1,))),
+    "unbatched input": (SMALL_X[1:], SMALL_W, lambda X, W: F.conv2d(X, W, None, 2, 1)),
+    "unbatched input, preferred": (BIG_X[1:], BIG_W, lambda X, W: F.conv2d(X, W, None, 2, 1)),
+    "padding='valid'": (BIG_X, BIG_W, lambda X, W: F.conv2d(X, W, None, 1, "valid")),
+    "padding='same'": (BIG_X, BIG_W, lambda X, W: F.conv2d(X, W, None, 1, "same")),
+    "padding='same', even kernel, dilation 3 (asymmetric)": (BIG_X, (512, 64, 2, 4),
+                                                             lambda X, W: F.conv2d(X, W, None, 1, "same", 3)),
+    "padding='valid', stride 3": ((1, 3, 6, 8), (12, 3, 5, 4), lambda X, W: F.conv2d(X, W, None, 3, "valid")),
+}
+
+
+@pytest.mark.parametrize("inference", [False, True], ids=["grad mode", "inference_mode"])
+@pytest.mark.parametrize("form", sorted(FORMS))
+def test_argument_forms_take_the_path(form, inference, stats):
+    xshape, wshape, call = FORMS[form]
+    x, w = torch.randn(xshape), torch.randn(wshape)
+    want = call(x, w)
+    with torch.inference_mode(inference):
+        got = call(TorchMLIRTensor(x), TorchMLIRTensor(w))
+    close(got, want)
+    s = stats()
+    assert s["weights_packed"] == 1 and s["fallback_calls"] == 0, s["fallbacks"]

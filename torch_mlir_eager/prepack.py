@@ -71,24 +71,23 @@ def packed_input_of(recipe, plan) -> Eligible | None:
     if len(plan.out_specs) != 1 or plan.out_specs[0].numel == 0 or plan.writes \
             or len(plan.live_inputs) != len(specs):
         return None
-    args = convolution_args(recipe)
-    if args is None:
+    a = convolution_args(recipe)
+    if a is None or a.transposed or a.groups != 1 or any(a.output_padding):
         return None
-    x, w, b, stride, padding, dilation, transposed, output_padding, groups = args
-    if not (isinstance(x, int) and isinstance(w, int) and (b is None or isinstance(b, int))):
+    xs, ws, out = specs[a.x], specs[a.w], plan.out_specs[0]
+    rank = 3 if a.unbatched else 4
+    if len(xs.shape) != rank or len(ws.shape) != 4 or len(out.shape) != rank:
         return None
-    xs, ws, out = specs[x], specs[w], plan.out_specs[0]
-    if (transposed or groups != 1 or any(output_padding) or len(xs.shape) != 4
-            or len(stride) != 2 or len(padding) != 2 or len(dilation) != 2):
+    if any(s.dtype is not torch.float32 for s in (xs, ws, out) + ((specs[a.b],) if a.b is not None else ())):
         return None
-    if any(s.dtype is not torch.float32 for s in (xs, ws, out) + ((specs[b],) if b is not None else ())):
+    layouts = (None,) if a.unbatched else (None, _CHANNELS_LAST)
+    if ws.perm is not None or xs.perm not in layouts or out.perm not in layouts \
+            or (a.b is not None and specs[a.b].perm is not None):
         return None
-    if ws.perm is not None or xs.perm not in (None, _CHANNELS_LAST) \
-            or out.perm not in (None, _CHANNELS_LAST) or (b is not None and specs[b].perm is not None):
-        return None
-    im2col = out.numel // out.shape[1] * (ws.numel // ws.shape[0])  # (N*OH*OW) x (C*KH*KW)
-    preferred = ws.numel >= MIN_WEIGHT_ELEMENTS if xs.shape[0] == 1 else im2col <= MAX_IM2COL_ELEMENTS
-    return Eligible(plan.live_inputs.index(w), preferred)
+    im2col = out.numel // ws.shape[0] * (ws.numel // ws.shape[0])  # (N*OH*OW) x (C*KH*KW)
+    batch = 1 if a.unbatched else xs.shape[0]
+    preferred = ws.numel >= MIN_WEIGHT_ELEMENTS if batch == 1 else im2col <= MAX_IM2COL_ELEMENTS
+    return Eligible(plan.live_inputs.index(a.w), preferred)
 
 
 def enabled(flags) -> bool:
@@ -105,27 +104,65 @@ def settings() -> str:
 
 
 # aten.convolution, and aten.conv2d as it comes under torch.inference_mode (which does not
-# decompose it): (input, weight, bias, stride, padding, dilation[, transposed, output_padding], groups)
-CONVOLUTIONS = ("aten.convolution.default", "aten.conv2d.default")
-_CONV2D_DEFAULTS = (None, [1, 1], [0, 0], [1, 1], 1)
+# decompose it), its string-padding overload ('same', 'valid') included
+CONVOLUTIONS = ("aten.convolution.default", "aten.conv2d.default", "aten.conv2d.padding")
 
 
-def convolution_args(recipe):
-    """The call's arguments as aten.convolution's, tensors as their input positions; None when
-    they are not plain positional arguments."""
+class ConvArgs(NamedTuple):
+    x: int  # tensor arguments: their positions among the recipe's inputs
+    w: int
+    b: int | None
+    stride: list
+    pad_lo: list  # padding before and after, per spatial dim
+    pad_hi: list
+    dilation: list
+    transposed: bool
+    output_padding: list
+    groups: int
+    unbatched: bool  # aten.conv2d of a (C, H, W) input
+
+
+def convolution_args(recipe) -> ConvArgs | None:
+    """The call's arguments, normalised; None when they are not of a form handled here."""
     args, kwargs = fill(recipe.template, list(range(len(recipe.specs))), ())
     args = list(args)
-    if recipe.name == "aten.conv2d.default":
-        if len(args) < 2 or len(args) > 7 or set(kwargs) - {"bias", "stride", "padding", "dilation", "groups"}:
+    if recipe.name == "aten.convolution.default":
+        if kwargs or len(args) != 9:
             return None
-        names = ("bias", "stride", "padding", "dilation", "groups")
-        full = args[:2] + [kwargs.get(n, d) for n, d in zip(names, _CONV2D_DEFAULTS)]
-        full[2:len(args)] = args[2:]
-        b, stride, padding, dilation, groups = full[2:]
-        return [full[0], full[1], b, _pair(stride), _pair(padding), _pair(dilation), False, [0, 0], groups]
-    if kwargs or len(args) != 9:
+        x, w, b, stride, padding, dilation, transposed, output_padding, groups = args
+        unbatched = False
+    else:  # aten.conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1)
+        names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+        if len(args) > 7 or set(kwargs) - set(names[len(args):]):
+            return None
+        bound = dict(zip(names, args), **kwargs)
+        if "input" not in bound or "weight" not in bound:
+            return None
+        x, w = bound["input"], bound["weight"]
+        b, stride, dilation, groups = (bound.get("bias"), bound.get("stride", 1), bound.get("dilation", 1),
+                                       bound.get("groups", 1))
+        padding = bound.get("padding", "valid" if recipe.name == "aten.conv2d.padding" else 0)
+        transposed, output_padding = False, [0, 0]
+        if not isinstance(x, int):
+            return None
+        unbatched = len(recipe.specs[x].shape) == 3
+    if not (isinstance(x, int) and isinstance(w, int) and (b is None or isinstance(b, int))):
         return None
-    return args
+    stride, dilation, output_padding = _pair(stride), _pair(dilation), _pair(output_padding)
+    if isinstance(padding, str):
+        if padding == "valid":
+            lo = hi = [0, 0]
+        elif padding == "same" and len(recipe.specs[w].shape) == 4:  # as PyTorch: the odd one after
+            total = [d * (k - 1) for d, k in zip(dilation, recipe.specs[w].shape[2:])]
+            lo = [t // 2 for t in total]
+            hi = [t - l for t, l in zip(total, lo)]
+        else:
+            return None
+    else:
+        lo = hi = _pair(padding)
+    if any(len(v) != 2 for v in (stride, lo, hi, dilation, output_padding)):
+        return None
+    return ConvArgs(x, w, b, stride, lo, hi, dilation, bool(transposed), output_padding, groups, unbatched)
 
 
 def _pair(v) -> list:
@@ -138,16 +175,18 @@ def _pair(v) -> list:
 def module_text(recipe, plan) -> str:
     """The linalg module of a convolution `packed_input_of` accepts: `main` and `pack`."""
     specs = recipe.specs
-    x, w, b, stride, padding, dilation = convolution_args(recipe)[:6]
-    xs, ws, out = specs[x], specs[w], plan.out_specs[0]
-    n, c, h, wd = xs.shape
+    a = convolution_args(recipe)
+    b = a.b
+    xs, ws, out = specs[a.x], specs[a.w], plan.out_specs[0]
+    n, c, h, wd = (1,) + tuple(xs.shape) if a.unbatched else xs.shape
     o, _, kh, kw = ws.shape
-    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-    oh, ow = out.shape[2], out.shape[3]
+    (sh, sw), (dh, dw) = a.stride, a.dilation
+    (ph, pw), (qh, qw) = a.pad_lo, a.pad_hi
+    oh, ow = out.shape[-2], out.shape[-1]
     t = plan.packed[1]
     m, k = n * oh * ow, kh * kw * c
     m1, n1 = -(-m // t), -(-o // t)
-    hp, wp = h + 2 * ph, wd + 2 * pw
+    hp, wp = h + ph + qh, wd + pw + qw
     f = "f32"
 
     def ty(*dims):
@@ -171,17 +210,23 @@ def module_text(recipe, plan) -> str:
     ]
     bias_arg = f", %b: {ty(o)}" if b is not None else ""
     out_shape = (n, o, oh, ow) if out.perm is None else (n, oh, ow, o)
+    result_shape = (o, oh, ow) if a.unbatched else out_shape
     lines += [
-        f"func.func @main(%x: {ty(*xs.physical_shape)}, %wp: {ty(n1, k, t, 1)}{bias_arg}) -> {ty(*out_shape)} {{",
+        f"func.func @main(%x: {ty(*xs.physical_shape)}, %wp: {ty(n1, k, t, 1)}{bias_arg}) -> {ty(*result_shape)} {{",
         f"  %zero = arith.constant 0.0 : {f}",
     ]
+    if a.unbatched:  # (C, H, W) as (1, C, H, W)
+        lines += [f"  %x4 = tensor.expand_shape %x [[0, 1], [2], [3]] output_shape [1, {c}, {h}, {wd}] : "
+                  f"{ty(c, h, wd)} into {ty(1, c, h, wd)}"]
+    else:
+        lines += [f"  %x4 = tensor.cast %x : {ty(*xs.physical_shape)} to {ty(*xs.physical_shape)}"]
     if xs.perm is None:  # NCHW -> NHWC: the gather then reads contiguous channels
         lines += [f"  %xe = tensor.empty() : {ty(n, h, wd, c)}",
-                  f"  %xt = linalg.transpose ins(%x : {ty(n, c, h, wd)}) outs(%xe : {ty(n, h, wd, c)}) permutation = [0, 2, 3, 1]"]
+                  f"  %xt = linalg.transpose ins(%x4 : {ty(n, c, h, wd)}) outs(%xe : {ty(n, h, wd, c)}) permutation = [0, 2, 3, 1]"]
     else:
-        lines += [f"  %xt = tensor.cast %x : {ty(n, h, wd, c)} to {ty(n, h, wd, c)}"]
+        lines += [f"  %xt = tensor.cast %x4 : {ty(n, h, wd, c)} to {ty(n, h, wd, c)}"]
     lines += [
-        f"  %xp = tensor.pad %xt low[0, {ph}, {pw}, 0] high[0, {ph}, {pw}, 0] {{",
+        f"  %xp = tensor.pad %xt low[0, {ph}, {pw}, 0] high[0, {qh}, {qw}, 0] {{",
         "  ^bb0(%i0: index, %i1: index, %i2: index, %i3: index):",
         f"    tensor.yield %zero : {f}",
         f"  }} : {ty(n, h, wd, c)} to {ty(n, hp, wp, c)}",
@@ -240,7 +285,11 @@ def module_text(recipe, plan) -> str:
     else:  # channels-last: (N*OH*OW, O) is already (N, OH, OW, O)
         lines += [f"  %r = tensor.expand_shape {result} [[0, 1, 2], [3]] output_shape [{n}, {oh}, {ow}, {o}] : "
                   f"{ty(m, o)} into {ty(n, oh, ow, o)}"]
-    lines += [f"  return %r : {ty(*out_shape)}", "}", ""]
+    if a.unbatched:
+        lines += [f"  %r3d = tensor.collapse_shape %r [[0, 1], [2], [3]] : {ty(*out_shape)} into {ty(o, oh, ow)}",
+                  f"  return %r3d : {ty(o, oh, ow)}", "}", ""]
+    else:
+        lines += [f"  return %r : {ty(*out_shape)}", "}", ""]
     return "\n".join(lines)
 
 
