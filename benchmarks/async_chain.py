@@ -26,9 +26,9 @@ import torch_mlir_eager.lowering as lowering
 plan = compiler.plan_outputs(recipe, call.kind, ())
 gm = compiler._trace_with(recipe, call.kind, plan, (), lowering.decomposition_attempts(recipe.func)[0])
 linalg = lowering.import_and_lower(gm).linalg_ir
-flags = list(dev.compile_flags)
+flags = [f for f in dev.compile_flags if f not in iree_compile.ASYNC_FLAGS]  # the backend's kernels are async
 sync_vmfb = iree_compile.compile_to_vmfb(linalg, flags)
-async_vmfb = iree_compile.compile_to_vmfb(linalg, flags + ["--iree-execution-model=async-external"])
+async_vmfb = iree_compile.compile_to_vmfb(linalg, flags + ["--iree-execution-model=async-external"])  # as the backend's
 inst = dev.instance
 def ctx(vmfb):
     m = rt.VmModule.copy_buffer(inst, vmfb)

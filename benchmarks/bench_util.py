@@ -7,6 +7,7 @@ import os
 import platform
 import resource
 import statistics
+import sys
 import time
 
 import torch
@@ -26,15 +27,25 @@ def ratio(a, b):
         return None
 
 
+def sync():
+    """Wait for the eager backend's queued kernels (they run asynchronously), so that a timed
+    block includes the device work it issued."""
+    tme = sys.modules.get("torch_mlir_eager")
+    if tme is not None:
+        tme.synchronize()
+
+
 def time_per_call(fn, inner, repeats, warmup=1):
     """Median over `repeats` of the mean time of `inner` back-to-back calls of fn (seconds)."""
     for _ in range(warmup):
         fn()
     samples = []
     for _ in range(repeats):
+        sync()
         t0 = time.perf_counter()
         for _ in range(inner):
             fn()
+        sync()
         samples.append((time.perf_counter() - t0) / inner)
     return median(samples), samples
 
@@ -60,9 +71,11 @@ def interleaved(options: dict, inner: int, rounds: int, warmup: int = 20, settle
             fn = options[name]
             for _ in range(lead):
                 fn()
+            sync()
             t0 = time.perf_counter()
             for _ in range(inner):
                 fn()
+            sync()
             samples[name].append((time.perf_counter() - t0) / inner)
             if settle:
                 time.sleep(settle)

@@ -52,6 +52,17 @@ def synchronize_compiles() -> None:
     _sync()
 
 
+def synchronize(device: str | None = None) -> None:
+    """Wait until every kernel queued on `device` (default: every device opened) has finished.
+    Kernels run asynchronously (queue.py); reading a value on the host waits by itself, so this
+    is only needed to time device work."""
+    from . import device as _device
+
+    devices = [_device.get_device(device)] if device else list(_device._devices.values())
+    for dev in devices:
+        dev.queue.drain()
+
+
 def _release_at_exit():
     # Drop kernels and devices before the interpreter tears nanobind down, so that IREE objects
     # are released in order (otherwise nanobind reports them as leaked at exit).
@@ -59,6 +70,11 @@ def _release_at_exit():
 
     from . import device, views
 
+    for dev in list(device._devices.values()):  # let queued kernels finish first
+        try:
+            dev.queue.drain()
+        except Exception:
+            pass
     _CACHE.clear()
     views.clear_memo()
     from .runners import clear

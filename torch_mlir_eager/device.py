@@ -15,6 +15,8 @@ import numpy as np
 import torch
 import iree.runtime as rt
 
+from .queue import Queue
+
 # The default CPU device is "hybrid": one storage model (host memory) and two ways to run a
 # kernel, chosen per kernel from its work (work_of): inline on local-sync (an invoke costs a few
 # microseconds) or on local-task's thread pool (an invoke costs tens of microseconds to wake the
@@ -99,6 +101,7 @@ class Device:
         self.instance = rt.VmInstance()
         self.compile_flags = list(target_flags("local-task" if hybrid else driver))
         self._host_visible = hybrid or driver.startswith("local")
+        self.queue = Queue(self.hal)  # every kernel, in order (queue.py); inline ones included
 
     def __repr__(self):
         return f"Device({self.driver!r})"
@@ -109,8 +112,11 @@ class Device:
             return self.inline
         return self.hal
 
-    def new_hal_module(self, hal=None):
-        return rt.create_hal_module(self.instance, hal or self.hal)
+    def new_context(self, module, hal=None) -> rt.VmContext:
+        """A VM context for `module` on runtime device `hal`. Its initializer allocates on the
+        queue and records command buffers right away, so the queue is emptied first."""
+        return self.queue.quiesced(
+            lambda: rt.VmContext(self.instance, modules=[rt.create_hal_module(self.instance, hal or self.hal), module]))
 
     # ---- host <-> device: bytes ---------------------------------------------------------------
     def upload(self, t: torch.Tensor):
@@ -132,6 +138,7 @@ class Device:
         host = torch.empty(nbytes, dtype=torch.uint8)
         if nbytes == 0:
             return host
+        self.queue.drain()
         if self._host_visible:
             source = buffer.map().asarray([nbytes], np.dtype(np.uint8))
         else:
@@ -142,6 +149,7 @@ class Device:
 
     def read_int64(self, bv, n: int) -> list:
         """The first `n` int64 values of a small device buffer, as Python ints (a host read)."""
+        self.queue.drain()
         if self._host_visible:
             return bv.map().asarray([n], np.dtype(np.int64)).tolist()
         return self.download(bv.get_buffer(), 8 * n).view(torch.int64).tolist()
@@ -160,6 +168,7 @@ class Device:
         against 10 µs and 3.3 ms through a host tensor), else a copy on the device's queue."""
         nbytes = bv.byte_length
         source = bv.get_buffer()
+        self.queue.drain()
         if nbytes and self._host_visible:
             buffer = self.allocate(nbytes)
             np.copyto(_mapped(buffer, nbytes), _mapped(source, nbytes))
@@ -181,6 +190,7 @@ class Device:
             return a.get_buffer() == b.get_buffer()
         if not a.byte_length or not b.byte_length:
             return False
+        self.queue.drain()  # a queued result's memory is only allocated when its turn comes
         start_a = _mapped(a.get_buffer(), a.byte_length).__array_interface__["data"][0]
         start_b = _mapped(b.get_buffer(), b.byte_length).__array_interface__["data"][0]
         return start_a < start_b + b.byte_length and start_b < start_a + a.byte_length

@@ -27,6 +27,7 @@ import re
 import shlex
 import signal
 import subprocess
+import sys
 import threading
 from typing import Sequence
 
@@ -54,6 +55,15 @@ CPU_TARGET_ENV = "TORCH_MLIR_EAGER_CPU_TARGET"
 # input) becomes a clean compile failure and a fallback, instead of killing the user's process.
 DEFAULT_MODE = "subprocess"
 _MODES = ("inprocess", "subprocess")
+
+# Every kernel is asynchronous (queue.py): its `main` takes a wait fence and a signal fence and
+# returns once its work is queued. Its command buffers take their buffers from a binding table at
+# submission, also where the shapes keep IREE from recording them once (shape-generic kernels,
+# flat.py): recorded directly, they would need each input's memory at recording time, and a
+# result still queued has none yet ("transient buffer has not been committed").
+ASYNC_FLAGS = ("--iree-execution-model=async-external", "--iree-hal-force-indirect-command-buffers")
+# Flags the in-process API only takes process-wide (ireeCompilerSetupGlobalCL), not per session.
+_GLOBAL_FLAGS = frozenset({"--iree-hal-force-indirect-command-buffers"})
 
 # Diagnostics shown in an error message at most (the rest is counted).
 _MAX_DIAGNOSTICS = 40
@@ -137,6 +147,7 @@ def target_flags(driver: str) -> list[str]:
             f"unknown IREE driver {driver!r}: expected local-sync, local-task, cuda, hip or vulkan"
         )
     flags.append("--iree-input-type=auto")
+    flags.extend(ASYNC_FLAGS)
     extra = os.environ.get(COMPILE_FLAGS_ENV, "").strip()
     if extra:
         flags.extend(shlex.split(extra))
@@ -257,6 +268,30 @@ def _load_api():
     return _api
 
 
+_global_flags: tuple | None = None  # what this process gave ireeCompilerSetupGlobalCL, if it did
+
+
+def _set_global_flags(wanted: list[str]) -> None:
+    """Give `wanted` to the compiler library process-wide, once: a second call of
+    ireeCompilerSetupGlobalCL aborts the process, so a different set later is refused."""
+    global _global_flags
+    if not wanted:
+        return
+    with _api_lock:
+        if _global_flags is None:
+            if "iree.build" in sys.modules:  # it sets the global options itself (and only once)
+                raise ValueError("iree.build is in use in this process and owns the compiler's "
+                                 f"process-wide options; {wanted} cannot be set (compile in a "
+                                 f"subprocess: ${COMPILER_ENV}=subprocess)")
+            from iree.compiler.api import ctypes_dl
+
+            ctypes_dl._initializeGlobalCL("torch_mlir_eager", *wanted)
+            _global_flags = tuple(wanted)
+        elif set(wanted) - set(_global_flags):
+            raise ValueError(f"the compiler's process-wide options are already set to {list(_global_flags)}; "
+                             f"{wanted} cannot be added")
+
+
 def _compile_inprocess(mlir_text: str, flags: list[str]) -> bytes:
     Session, Source, Output, dylib = _load_api()
     diagnostics: list[str] = []
@@ -282,7 +317,8 @@ def _compile_inprocess(mlir_text: str, flags: list[str]) -> bytes:
     inv = source = output = None
     try:
         try:
-            session.set_flags(*flags)
+            _set_global_flags([f for f in flags if f in _GLOBAL_FLAGS])
+            session.set_flags(*(f for f in flags if f not in _GLOBAL_FLAGS))
         except ValueError as e:
             lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
             lines = [ln for ln in lines if ln != "Error parsing flags:"] or [str(e)]

@@ -67,19 +67,27 @@ class Kernel:
             self.packed_input, self.pack_tile = plan.packed
             self._pack = self._module.lookup_function("pack")
         # a VM context is not safe to invoke from two threads at once: one per thread, no lock
-        self._context = self._new_context()
+        self._context = device.new_context(self._module, self.hal)
+        self._queued = None  # on the hybrid device, an inline kernel's context on the thread pool
         self._owner = threading.get_ident()
         self._contexts = threading.local()
 
-    def _new_context(self):
-        return rt.VmContext(self.device.instance, modules=[self.device.new_hal_module(self.hal), self._module])
-
-    def _context_of_this_thread(self):
+    def _context_for(self, busy: bool):
+        """The VM context this thread invokes the kernel in. On the hybrid device a kernel that
+        runs inline when the queue is empty is queued on the thread pool when it is `busy`:
+        the host then goes on to the next op instead of waiting for the queue to empty."""
+        queued = busy and self.hal is not self.device.hal
         if threading.get_ident() == self._owner:
-            return self._context
-        context = getattr(self._contexts, "context", None)
+            if not queued:
+                return self._context
+            if self._queued is None:
+                self._queued = self.device.new_context(self._module)
+            return self._queued
+        key = "queued" if queued else "context"
+        context = getattr(self._contexts, key, None)
         if context is None:
-            context = self._contexts.context = self._new_context()
+            context = self.device.new_context(self._module, None if queued else self.hal)
+            setattr(self._contexts, key, context)
         return context
 
     @classmethod
@@ -94,10 +102,10 @@ class Kernel:
 
     def pack(self, weight_buffer):
         """The module's `pack` function on a weight (prepack.packed_weight keeps the result)."""
-        args = rt.VmVariantList(1)
+        args = rt.VmVariantList(3)
         args.push_ref(weight_buffer)
         results = rt.VmVariantList(1)
-        self._context_of_this_thread().invoke(self._pack, args, results)
+        self.device.queue.submit(self._context_for, self._pack, args, results)
         return results.get_as_object(0, rt.HalBufferView)
 
     def __call__(self, buffers, scalars=()) -> list:
@@ -112,7 +120,7 @@ class Kernel:
         return self._invoke(buffers, scalars)
 
     def _invoke(self, buffers, scalars):
-        args = rt.VmVariantList(len(buffers) + len(scalars))
+        args = rt.VmVariantList(len(buffers) + len(scalars) + 2)  # + the wait and signal fences
         for b in buffers:
             args.push_ref(b)
         if self.takes_scalars:
@@ -122,13 +130,14 @@ class Kernel:
                 else:
                     args.push_int(v)
         results = rt.VmVariantList(self._num_outputs)
-        context = self._context_of_this_thread()
-        if KernelTiming.enabled:
+        if KernelTiming.enabled:  # the kernel alone: the queue is emptied before and after
+            self.device.queue.drain()
             start = time.perf_counter()
-            context.invoke(self._main, args, results)
+            self.device.queue.submit(self._context_for, self._main, args, results)
+            self.device.queue.drain()
             KernelTiming.records.append((self.name, time.perf_counter() - start))
         else:
-            context.invoke(self._main, args, results)
+            self.device.queue.submit(self._context_for, self._main, args, results)
         return [results.get_as_object(i, rt.HalBufferView) for i in range(self._num_outputs)]
 
     def _first_call(self, buffers, scalars):

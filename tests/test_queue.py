@@ -1,0 +1,286 @@
+"""The device queue (queue.py): kernels run asynchronously, in order, and the host waits before
+it touches device memory. Every test compares with native PyTorch and shows, from the queue's
+counters, that the ops it checks were issued while earlier kernels still ran (`behind`): a result
+that came out right only because everything happened to run synchronously proves nothing here."""
+
+import re
+import subprocess
+import sys
+import textwrap
+import threading
+
+import iree.runtime as rt
+import pytest
+import torch
+import torch.nn.functional as F
+
+import torch_mlir_eager
+from torch_mlir_eager import TorchMLIRTensor
+from torch_mlir_eager.device import get_device
+from torch_mlir_eager.queue import DeviceQueueError, MAX_IN_FLIGHT, Queue
+
+pytestmark = pytest.mark.skipif(Queue.synchronous, reason="$TORCH_MLIR_EAGER_SYNC=1")
+
+# a convolution big enough to run on the thread pool for a few milliseconds: the ops after it
+# are issued while it runs
+BIG = dict(x=(1, 64, 56, 56), w=(128, 64, 3, 3))
+
+
+def queue():
+    return get_device().queue
+
+
+def big_inputs():
+    return torch.randn(*BIG["x"]), torch.randn(*BIG["w"]) / 24
+
+
+def close(got, want, tol=1e-4):
+    assert isinstance(got, TorchMLIRTensor)
+    h = got._host()
+    assert h.shape == want.shape and h.dtype == want.dtype
+    torch.testing.assert_close(h, want, rtol=tol, atol=tol * max(1.0, want.abs().max().item()))
+
+
+def behind_during(fn, hold_s=0.5, hold=True):
+    """fn()'s result and how many kernels it issued while earlier ones still ran. The queue is
+    held (queue.hold) for `hold_s`, so that what fn issues in that time is certain to be behind
+    (fn's host reads, if any, wait for the release)."""
+    q = queue()
+    q.drain()
+    before = q.behind
+    timer = threading.Timer(hold_s, q.hold() if hold else (lambda: None))
+    timer.start()
+    try:
+        out = fn()
+    finally:
+        timer.join()
+    return out, q.behind - before
+
+
+def chain(x, w, n=3):
+    """Convolutions, each followed by small ops that read its result (batch norm's arithmetic,
+    relu, an add): on the hybrid device the small ones run inline when the queue is empty and are
+    queued behind the convolution when it is not."""
+    y = x
+    for _ in range(n):
+        z = F.conv2d(y, w[:, : y.shape[1]], padding=1)[:, :64]
+        y = torch.relu(z * 0.5 + 0.1) + y
+    return y
+
+
+def test_a_chain_issued_ahead_of_the_device_gives_native_values(stats):
+    x, w = big_inputs()
+    chain(TorchMLIRTensor(x), TorchMLIRTensor(w))  # compile everything first
+    torch_mlir_eager.reset_stats()
+    got, behind = behind_during(lambda: chain(TorchMLIRTensor(x), TorchMLIRTensor(w)))
+    close(got, chain(x, w))
+    s = stats()
+    assert s["fallback_calls"] == 0 and s["compiled_calls"] >= 12
+    assert behind >= 6, behind  # the small ops were queued behind the convolutions
+
+
+@pytest.mark.parametrize("read", ["cpu", "item", "print", "tolist", "numpy", "bool", "index check"])
+def test_every_host_read_waits_for_the_queue(read, stats):
+    x, w = big_inputs()
+    dx, dw = TorchMLIRTensor(x), TorchMLIRTensor(w)
+    want = F.conv2d(x, w, padding=1).relu()
+    for _ in range(2):  # the second time, every kernel is cached and the read follows at once
+        got = F.conv2d(dx, dw, padding=1).relu()
+        if read == "cpu":
+            torch.testing.assert_close(got.cpu(), want)
+        elif read == "item":
+            assert got.sum().item() == pytest.approx(want.sum().item(), rel=1e-4)
+        elif read == "print":
+            printed = [float(v) for v in re.findall(r"-?\d+\.\d+(?:e[-+]\d+)?", str(got[0, 3, 5, :3]))]
+            assert printed == pytest.approx(want[0, 3, 5, :3].tolist(), rel=1e-3, abs=1e-3)
+        elif read == "tolist":
+            assert got[0, 5, 7, :4].tolist() == pytest.approx(want[0, 5, 7, :4].tolist(), rel=1e-4, abs=1e-5)
+        elif read == "numpy":
+            torch.testing.assert_close(torch.from_numpy(got.cpu().numpy()), want)
+        elif read == "bool":
+            assert bool((got > 1e9).any()) is False and bool((got >= 0).all()) is True
+        elif read == "index check":  # the bounds check reads the indices' range on the host
+            table = TorchMLIRTensor(torch.randn(10, 4))
+            i = (F.conv2d(dx, dw, padding=1)[0, 0, 0, :8] * 0 + 3).long()  # 3s, from a queued result
+            torch.testing.assert_close(table[i].cpu(), table.cpu()[torch.full((8,), 3)])
+            bad = (F.conv2d(dx, dw, padding=1)[0, 0, 0, :8] * 0 + 10).long()  # out of range, queued
+            with pytest.raises(IndexError):
+                table[bad]
+    assert stats()["compiled_calls"] > 0
+
+
+def test_writes_after_queued_reads_do_not_reach_them(stats):
+    """A queued kernel reads the value its input had when the op was issued, whatever is
+    written to the input afterwards (in place on the device, from the host, through a view)."""
+    x, w = big_inputs()
+    warm = F.conv2d(TorchMLIRTensor(x), TorchMLIRTensor(w), padding=1)
+    (warm * 2).cpu()
+    for write in ("add_", "copy_ from host", "view fill_", ".data ="):
+        dx, dw = TorchMLIRTensor(x.clone()), TorchMLIRTensor(w.clone())
+        (y, z), behind = behind_during(lambda: issue(dx, dw, write))
+        want = F.conv2d(x, w, padding=1)
+        close(y, want)
+        close(z, want * 2)
+        assert behind >= 2, write
+
+
+def issue(dx, dw, write):
+    y = F.conv2d(dx, dw, padding=1)
+    z = y * 2
+    if write == "add_":
+        dx.add_(100.0)
+        dw.mul_(-1.0)
+    elif write == "copy_ from host":
+        dx.copy_(torch.zeros(dx.shape))
+        dw.copy_(torch.zeros(dw.shape))
+    elif write == "view fill_":
+        dx[0, :32].fill_(7.0)
+        dw.view(-1)[:100].zero_()
+    else:
+        dx.data = TorchMLIRTensor(torch.zeros(dx.shape))
+    return y, z
+
+
+def test_a_new_kernel_loads_while_the_queue_is_busy(stats):
+    """Loading a module (its initializer allocates on the queue) while kernels are queued, and
+    a shape-generic kernel (command buffers recorded per call) over a result still queued."""
+    x, w = big_inputs()
+    dx, dw = TorchMLIRTensor(x), TorchMLIRTensor(w)
+    F.conv2d(dx, dw, padding=1).cpu()
+    torch_mlir_eager.reset_stats()
+    for op in (torch.sinh, torch.erfc, lambda t: t.add_(1.5), lambda t: torch.atan2(t, t + 1)):
+        got, behind = behind_during(lambda: op(F.conv2d(dx, dw, padding=1)))  # op: built or loaded now
+        close(got, op(F.conv2d(x, w, padding=1)))
+        assert behind >= 1  # the convolution, issued while the queue was held
+    assert stats()["fallback_calls"] == 0
+
+
+def test_threads_issuing_at_once(stats):
+    x, w = big_inputs()
+    want = chain(x, w, 2)
+    chain(TorchMLIRTensor(x), TorchMLIRTensor(w), 2).cpu()
+    results, errors = {}, []
+
+    def run(i):
+        try:
+            for _ in range(3):
+                results[i] = chain(TorchMLIRTensor(x), TorchMLIRTensor(w), 2).cpu()
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors and len(results) == 3
+    for got in results.values():
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3)
+
+
+def test_the_host_running_far_ahead_is_bounded(stats):
+    """Without a host read the host can issue faster than the device runs: at most
+    MAX_IN_FLIGHT kernels are queued at once."""
+    x = torch.randn(1, 64, 28, 28)
+    w = torch.randn(64, 64, 3, 3) / 24
+    dx, dw = TorchMLIRTensor(x), TorchMLIRTensor(w)
+    q = queue()
+    q.drain()
+    worst = 0
+    y, want = dx, x
+    for _ in range(3 * MAX_IN_FLIGHT // 2):
+        y = F.conv2d(y, dw, padding=1) * 0.5
+        want = F.conv2d(want, w, padding=1) * 0.5
+        worst = max(worst, q._issued - q._semaphore.query())
+    close(y, want, 1e-3)
+    assert worst <= MAX_IN_FLIGHT + 1, worst
+
+
+def test_a_call_that_fails_as_it_is_issued_leaves_the_queue_usable(stats, monkeypatch):
+    """An invoke that raises (here: a fake VM context) must not leave later kernels waiting
+    for a fence nobody signals."""
+    x, w = big_inputs()
+    dx, dw = TorchMLIRTensor(x), TorchMLIRTensor(w)
+    F.conv2d(dx, dw, padding=1).cpu()
+    q = queue()
+
+    class Broken:
+        def invoke(self, *args):
+            raise RuntimeError("invoke failed")
+
+    y = F.conv2d(dx, dw, padding=1)  # queued
+    with pytest.raises(RuntimeError, match="invoke failed"):
+        q.submit(lambda busy: Broken(), None, rt.VmVariantList(2), None)
+    close(y, F.conv2d(x, w, padding=1))
+    close(F.conv2d(dx, dw, padding=1).relu(), F.conv2d(x, w, padding=1).relu())
+
+
+def test_a_kernel_that_fails_on_the_device_is_reported_at_the_next_wait(stats):
+    x, w = big_inputs()
+    dx, dw = TorchMLIRTensor(x), TorchMLIRTensor(w)
+    F.conv2d(dx, dw, padding=1).cpu()
+    q = queue()
+    F.conv2d(dx, dw, padding=1)
+    q._semaphore.fail("injected device failure")  # as a kernel failing on the thread pool would
+    with pytest.raises(DeviceQueueError, match="injected device failure"):
+        q.drain()
+    # a new timeline: the device goes on
+    close(F.conv2d(dx, dw, padding=1).relu(), F.conv2d(x, w, padding=1).relu())
+
+
+def test_kernel_timing_waits_for_each_kernel(stats):
+    x, w = big_inputs()
+    dx, dw = TorchMLIRTensor(x), TorchMLIRTensor(w)
+    F.conv2d(dx, dw, padding=1).cpu()
+    with torch_mlir_eager.kernel_timing() as records:
+        F.conv2d(dx, dw, padding=1)
+    (name, seconds), = records
+    assert "convolution" in name or "conv2d" in name
+    assert seconds > 2e-4  # the kernel's run, not only its issue (about 20 µs)
+
+
+def test_training_steps_against_native(stats):
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.BatchNorm2d(32), torch.nn.ReLU(),
+                                torch.nn.Conv2d(32, 16, 3, padding=1), torch.nn.Flatten(), torch.nn.Linear(16 * 20 * 20, 10))
+    import copy
+
+    native = copy.deepcopy(model)
+    torch_mlir_eager.to_device(model)
+    opt, nopt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), torch.optim.SGD(native.parameters(), lr=0.05, momentum=0.9)
+    x, t = torch.randn(4, 16, 20, 20), torch.randint(0, 10, (4,))
+    dx, dt = TorchMLIRTensor(x), TorchMLIRTensor(t)
+    behind = queue().behind
+    for _ in range(3):
+        opt.zero_grad(), nopt.zero_grad()
+        F.cross_entropy(model(dx), dt).backward()
+        F.cross_entropy(native(x), t).backward()
+        opt.step(), nopt.step()
+    for (name, p), q in zip(model.named_parameters(), native.parameters()):
+        torch.testing.assert_close(p.cpu(), q.detach(), rtol=1e-3, atol=1e-4, msg=name)
+    assert queue().behind > behind
+
+
+def test_exit_with_kernels_still_queued(tmp_path):
+    """A process that ends with kernels queued and never read exits cleanly."""
+    script = textwrap.dedent("""
+        import torch, torch.nn.functional as F
+        from torch_mlir_eager import TorchMLIRTensor
+        x, w = TorchMLIRTensor(torch.randn(1, 64, 56, 56)), TorchMLIRTensor(torch.randn(64, 64, 3, 3))
+        y = x
+        for _ in range(20):
+            y = F.conv2d(y, w, padding=1).relu()
+        print("issued")
+    """)
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.strip() == "issued"
+    assert "leak" not in p.stderr.lower(), p.stderr[-2000:]
+
+
+def test_synchronous_mode_gives_the_same_values(stats, monkeypatch):
+    x, w = big_inputs()
+    monkeypatch.setattr(Queue, "synchronous", True)
+    got, behind = behind_during(lambda: chain(TorchMLIRTensor(x), TorchMLIRTensor(w)), hold=False)
+    close(got, chain(x, w))
+    assert behind == 0
