@@ -115,9 +115,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
 
-    from torch_mlir_eager.iree_compile import target_flags
+    from torch_mlir_eager.iree_compile import ASYNC_FLAGS, target_flags
 
-    flags = target_flags(args.driver)
+    # the module is called through IREE's plain Python API, which passes no fences: without the
+    # backend's asynchronous calling convention
+    flags = [f for f in target_flags(args.driver) if f not in ASYNC_FLAGS]
     mods = modules()
     compilers = make_compilers(flags)
     modes = [m for m in args.modes.split(",") if m]

@@ -1,13 +1,17 @@
 """The device queue (queue.py): kernels run asynchronously, in order, and the host waits before
-it touches device memory. Every test compares with native PyTorch and shows, from the queue's
-counters, that the ops it checks were issued while earlier kernels still ran (`behind`): a result
-that came out right only because everything happened to run synchronously proves nothing here."""
+it touches device memory. Every test compares with native PyTorch. The queue is held
+(`Queue.hold`) while a test issues its ops, so that the kernels are certain not to have run
+when the op under test comes: a read must then wait for the release (the queue's `waits`
+counter), and ops that should not wait must be issued before the release (their issue time, and
+`waits` unchanged). A result that came out right because everything happened to run in turn
+would not pass these checks."""
 
 import re
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import iree.runtime as rt
 import pytest
@@ -41,20 +45,35 @@ def close(got, want, tol=1e-4):
     torch.testing.assert_close(h, want, rtol=tol, atol=tol * max(1.0, want.abs().max().item()))
 
 
-def behind_during(fn, hold_s=0.5, hold=True):
-    """fn()'s result and how many kernels it issued while earlier ones still ran. The queue is
-    held (queue.hold) for `hold_s`, so that what fn issues in that time is certain to be behind
-    (fn's host reads, if any, wait for the release)."""
-    q = queue()
-    q.drain()
-    before = q.behind
-    timer = threading.Timer(hold_s, q.hold() if hold else (lambda: None))
-    timer.start()
-    try:
-        out = fn()
-    finally:
-        timer.join()
-    return out, q.behind - before
+HOLD_S = 0.5
+
+
+class Held:
+    """What happened while fn() ran with the queue held for HOLD_S (queue.hold)."""
+
+    def __init__(self, fn, hold=True):
+        q = queue()
+        q.drain()
+        behind, waits = q.behind, q.waits
+        timer = threading.Timer(HOLD_S, q.hold() if hold else (lambda: None))
+        timer.start()
+        start = time.perf_counter()
+        try:
+            self.out = fn()
+        finally:
+            self.issue_s = time.perf_counter() - start
+            timer.join()
+        self.behind, self.waits = q.behind - behind, q.waits - waits
+
+    def ran_ahead(self):
+        """fn issued everything without waiting for the queue."""
+        return self.waits == 0 and self.issue_s < HOLD_S
+
+
+def behind_during(fn, hold=True):
+    """fn()'s result and how many kernels it issued while earlier ones had not run."""
+    h = Held(fn, hold)
+    return h.out, h.behind
 
 
 def chain(x, w, n=3):
@@ -70,58 +89,61 @@ def chain(x, w, n=3):
 
 def test_a_chain_issued_ahead_of_the_device_gives_native_values(stats):
     x, w = big_inputs()
-    chain(TorchMLIRTensor(x), TorchMLIRTensor(w))  # compile everything first
+    for _ in range(2):  # builds the kernels, and their contexts on the thread pool (made once, waiting)
+        Held(lambda: chain(TorchMLIRTensor(x), TorchMLIRTensor(w)))
     torch_mlir_eager.reset_stats()
-    got, behind = behind_during(lambda: chain(TorchMLIRTensor(x), TorchMLIRTensor(w)))
-    close(got, chain(x, w))
+    h = Held(lambda: chain(TorchMLIRTensor(x), TorchMLIRTensor(w)))
+    close(h.out, chain(x, w))
     s = stats()
     assert s["fallback_calls"] == 0 and s["compiled_calls"] >= 12
-    assert behind >= 6, behind  # the small ops were queued behind the convolutions
+    assert h.ran_ahead(), (h.waits, h.issue_s)
+    assert h.behind >= 12, h.behind  # the small ops too: queued behind the convolutions
 
 
-@pytest.mark.parametrize("read", ["cpu", "item", "print", "tolist", "numpy", "bool", "index check"])
+def _read(read, got, want):
+    """Read `got` on the host the way `read` names, and check it against `want`."""
+    if read == "cpu":
+        torch.testing.assert_close(got.cpu(), want)
+    elif read == "item":
+        assert got.sum().item() == pytest.approx(want.sum().item(), rel=1e-4)
+    elif read == "print":
+        printed = [float(v) for v in re.findall(r"-?\d+\.\d+(?:e[-+]\d+)?", str(got[0, 3, 5, :3]))]
+        assert printed == pytest.approx(want[0, 3, 5, :3].tolist(), rel=1e-3, abs=1e-3)
+    elif read == "tolist":
+        assert got[0, 5, 7, :4].tolist() == pytest.approx(want[0, 5, 7, :4].tolist(), rel=1e-4, abs=1e-5)
+    elif read == "numpy":
+        torch.testing.assert_close(torch.from_numpy(got.cpu().numpy()), want)
+    elif read == "bool":
+        assert bool((got > 1e9).any()) is False and bool((got >= 0).all()) is True
+    elif read == "equal":
+        assert torch.equal(got, got.clone()) and not torch.equal(got, got + 1)
+    elif read == "fallback":  # an op without a kernel: PyTorch on host copies
+        v, i = torch.kthvalue(got.flatten()[:100], 3)
+        wv, wi = torch.kthvalue(want.flatten()[:100], 3)
+        assert v.item() == pytest.approx(wv.item(), rel=1e-4, abs=1e-6)
+    elif read == "index check":  # the bounds check reads the indices' range (Device.read_int64)
+        table_host = torch.randn(10, 4)
+        table = TorchMLIRTensor(table_host)
+        i = (got[0, 0, 0, :8] * 0 + 3).long()  # 3s, from a queued result
+        torch.testing.assert_close(table[i].cpu(), table_host[torch.full((8,), 3)])
+        bad = (got[0, 0, 0, :8] * 0 + 10).long()  # out of range
+        with pytest.raises(IndexError):
+            table[bad]
+    else:
+        raise AssertionError(read)
+
+
+@pytest.mark.parametrize("read", ["cpu", "item", "print", "tolist", "numpy", "bool", "equal", "fallback",
+                                  "index check"])
 def test_every_host_read_waits_for_the_queue(read, stats):
     x, w = big_inputs()
     dx, dw = TorchMLIRTensor(x), TorchMLIRTensor(w)
     want = F.conv2d(x, w, padding=1).relu()
-    for _ in range(2):  # the second time, every kernel is cached and the read follows at once
-        got = F.conv2d(dx, dw, padding=1).relu()
-        if read == "cpu":
-            torch.testing.assert_close(got.cpu(), want)
-        elif read == "item":
-            assert got.sum().item() == pytest.approx(want.sum().item(), rel=1e-4)
-        elif read == "print":
-            printed = [float(v) for v in re.findall(r"-?\d+\.\d+(?:e[-+]\d+)?", str(got[0, 3, 5, :3]))]
-            assert printed == pytest.approx(want[0, 3, 5, :3].tolist(), rel=1e-3, abs=1e-3)
-        elif read == "tolist":
-            assert got[0, 5, 7, :4].tolist() == pytest.approx(want[0, 5, 7, :4].tolist(), rel=1e-4, abs=1e-5)
-        elif read == "numpy":
-            torch.testing.assert_close(torch.from_numpy(got.cpu().numpy()), want)
-        elif read == "bool":
-            assert bool((got > 1e9).any()) is False and bool((got >= 0).all()) is True
-        elif read == "index check":  # the bounds check reads the indices' range on the host
-            table = TorchMLIRTensor(torch.randn(10, 4))
-            i = (F.conv2d(dx, dw, padding=1)[0, 0, 0, :8] * 0 + 3).long()  # 3s, from a queued result
-            torch.testing.assert_close(table[i].cpu(), table.cpu()[torch.full((8,), 3)])
-            bad = (F.conv2d(dx, dw, padding=1)[0, 0, 0, :8] * 0 + 10).long()  # out of range, queued
-            with pytest.raises(IndexError):
-                table[bad]
+    for _ in range(2):  # builds every kernel and context; then the read is the only wait
+        Held(lambda: _read(read, F.conv2d(dx, dw, padding=1).relu(), want))
+    h = Held(lambda: _read(read, F.conv2d(dx, dw, padding=1).relu(), want))
+    assert h.waits >= 1 and h.issue_s >= HOLD_S * 0.9, (h.waits, h.issue_s)  # the read waited
     assert stats()["compiled_calls"] > 0
-
-
-def test_writes_after_queued_reads_do_not_reach_them(stats):
-    """A queued kernel reads the value its input had when the op was issued, whatever is
-    written to the input afterwards (in place on the device, from the host, through a view)."""
-    x, w = big_inputs()
-    warm = F.conv2d(TorchMLIRTensor(x), TorchMLIRTensor(w), padding=1)
-    (warm * 2).cpu()
-    for write in ("add_", "copy_ from host", "view fill_", ".data ="):
-        dx, dw = TorchMLIRTensor(x.clone()), TorchMLIRTensor(w.clone())
-        (y, z), behind = behind_during(lambda: issue(dx, dw, write))
-        want = F.conv2d(x, w, padding=1)
-        close(y, want)
-        close(z, want * 2)
-        assert behind >= 2, write
 
 
 def issue(dx, dw, write):
@@ -141,6 +163,73 @@ def issue(dx, dw, write):
     return y, z
 
 
+@pytest.mark.parametrize("write", ["add_", "copy_ from host", "view fill_", ".data ="])
+def test_writes_after_queued_reads_do_not_reach_them(write, stats):
+    """A queued kernel reads the value its input had when the op was issued, whatever is
+    written to the input afterwards (in place on the device, from the host, through a view).
+    A write through a view waits for the queue (its kernel's input is copied on the host:
+    test_inputs_iree_may_write_are_copied_after_the_queue); the others are issued ahead."""
+    x, w = big_inputs()
+    want = F.conv2d(x, w, padding=1)
+    for _ in range(3):  # the last time, every kernel and context exists
+        dx, dw = TorchMLIRTensor(x.clone()), TorchMLIRTensor(w.clone())
+        h = Held(lambda: issue(dx, dw, write))
+        y, z = h.out
+        close(y, want)
+        close(z, want * 2)
+    if write == "view fill_":
+        assert h.waits >= 1
+    else:
+        assert h.ran_ahead(), (h.waits, h.issue_s)
+    assert h.behind >= 2
+
+
+def test_inputs_iree_may_write_are_copied_after_the_queue(stats, monkeypatch):
+    """A kernel whose input IREE may compute in (a write through a view, cumsum) gets a copy of
+    it, made on the host once the kernel computing it has run (IREE's queue copy cannot read a
+    result still queued): the copy waits for the queue."""
+    from torch_mlir_eager.device import Device
+
+    copies = []
+    real_copy = Device.copy
+    monkeypatch.setattr(Device, "copy", lambda self, bv: copies.append(bv) or real_copy(self, bv))
+    x, w = big_inputs()
+    dx, dw = TorchMLIRTensor(x), TorchMLIRTensor(w)
+
+    def ops(a, b):
+        y = F.conv2d(a, b, padding=1)
+        y[:, :3] += 1
+        return y, torch.cumsum(y, 1)
+
+    want_y, want_c = ops(x, w)
+    for _ in range(3):
+        h = Held(lambda: ops(dx, dw))
+        close(h.out[0], want_y)
+        close(h.out[1], want_c, 1e-3)
+    copies.clear()
+    h = Held(lambda: ops(dx, dw))
+    assert copies, "no input was copied: the test does not reach Device.copy"
+    assert h.waits >= 1 and h.issue_s >= HOLD_S * 0.9, (h.waits, h.issue_s)
+    close(h.out[0], want_y)
+    close(h.out[1], want_c, 1e-3)
+
+
+def test_a_new_kernels_first_call_on_queued_inputs(stats, monkeypatch):
+    """A kernel's first call (its results' memory compared with its inputs', Device.overlap)
+    right after the kernel was queued on the thread pool."""
+    from torch_mlir_eager.device import Device
+
+    overlaps = []
+    real = Device.overlap
+    monkeypatch.setattr(Device, "overlap", lambda self, a, b: overlaps.append(1) or real(self, a, b))
+    x, w = big_inputs()
+    w2 = torch.randn(72, 128, 3, 3) / 34  # a shape no other test builds
+    dx, dw, dw2 = TorchMLIRTensor(x), TorchMLIRTensor(w), TorchMLIRTensor(w2)
+    h = Held(lambda: F.conv2d(F.conv2d(dx, dw, padding=1), dw2, padding=1))
+    assert overlaps, "no first call was probed"
+    close(h.out, F.conv2d(F.conv2d(x, w, padding=1), w2, padding=1), 1e-3)
+
+
 def test_a_new_kernel_loads_while_the_queue_is_busy(stats):
     """Loading a module (its initializer allocates on the queue) while kernels are queued, and
     a shape-generic kernel (command buffers recorded per call) over a result still queued."""
@@ -148,11 +237,41 @@ def test_a_new_kernel_loads_while_the_queue_is_busy(stats):
     dx, dw = TorchMLIRTensor(x), TorchMLIRTensor(w)
     F.conv2d(dx, dw, padding=1).cpu()
     torch_mlir_eager.reset_stats()
-    for op in (torch.sinh, torch.erfc, lambda t: t.add_(1.5), lambda t: torch.atan2(t, t + 1)):
-        got, behind = behind_during(lambda: op(F.conv2d(dx, dw, padding=1)))  # op: built or loaded now
-        close(got, op(F.conv2d(x, w, padding=1)))
-        assert behind >= 1  # the convolution, issued while the queue was held
+    for op in (torch.sinh, torch.erfc, lambda t: t.addcmul_(t, t, value=0.5), lambda t: torch.atan2(t, t + 1)):
+        misses = stats()["cache_misses"]
+        h = Held(lambda: op(F.conv2d(dx, dw, padding=1)))  # op: built or loaded now
+        close(h.out, op(F.conv2d(x, w, padding=1)))
+        assert stats()["cache_misses"] > misses
+        assert h.waits >= 1  # the load waited for the queue
     assert stats()["fallback_calls"] == 0
+
+
+@pytest.mark.parametrize("held", [True, False])
+def test_kernels_that_read_no_input_keep_their_place(held, stats):
+    """IREE's kernel waits for its wait fence only through the inputs it reads: fill_, zero_ and
+    the like signal at once. Issued behind a running convolution, they must not let the
+    kernels after them run before it (a read of the convolution's result was garbage, or the
+    timeline failed)."""
+    x, w = big_inputs()
+    dx, dw = TorchMLIRTensor(x), TorchMLIRTensor(w)
+    other = TorchMLIRTensor(torch.randn(64, 64))
+
+    def ops():
+        y = F.conv2d(dx, dw, padding=1)
+        other.zero_()
+        o2 = other.fill_(2.5)
+        z = torch.zeros_like(y[:, :3])
+        return y.relu(), o2 + 1, z
+
+    want = F.conv2d(x, w, padding=1).relu()
+    for _ in range(3):
+        h = Held(ops, hold=held)
+        got, o2, z = h.out
+        close(got, want)
+        close(o2, torch.full((64, 64), 3.5))
+        close(z, torch.zeros(1, 3, 56, 56))
+    if held:
+        assert h.ran_ahead() and h.behind >= 4, (h.waits, h.issue_s, h.behind)
 
 
 def test_threads_issuing_at_once(stats):

@@ -168,15 +168,15 @@ class Device:
         against 10 µs and 3.3 ms through a host tensor), else a copy on the device's queue."""
         nbytes = bv.byte_length
         source = bv.get_buffer()
+        # The host waits for the queue first: IREE's queue copy cannot read a result still
+        # queued (its memory is only allocated when its turn comes; the copy fails the timeline)
         self.queue.drain()
         if nbytes and self._host_visible:
             buffer = self.allocate(nbytes)
             np.copyto(_mapped(buffer, nbytes), _mapped(source, nbytes))
         elif nbytes and source.byte_length() == nbytes:  # queue_copy copies a whole buffer
             buffer = self.allocate(nbytes)
-            done = self.hal.create_semaphore(0)
-            self.hal.queue_copy(source, buffer, [], [(done, 1)])
-            done.wait(1)
+            self.queue.copy(self.hal, source, buffer)
         elif nbytes:
             buffer = self.upload(self.download(source, nbytes))
         else:

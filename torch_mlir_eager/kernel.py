@@ -61,6 +61,9 @@ class Kernel:
         self.hal = hal or device.hal_for(self.work)  # hybrid device: inline or on the thread pool
         self._module = rt.VmModule.copy_buffer(device.instance, vmfb)
         self._main = self._module.lookup_function("main")
+        # compiled for the queue (iree_compile.ASYNC_FLAGS): takes a wait and a signal fence; a
+        # user's own --iree-execution-model flag gives a module that does not, run synchronously
+        self._fenced = self._main.reflection.get("iree.abi.model") == "coarse-fences"
         # a convolution with a pre-packed weight (prepack.py): the module's `pack` function
         # makes the argument at `packed_input` from the weight, in tiles of `pack_tile`
         if plan.packed is not None:
@@ -68,7 +71,9 @@ class Kernel:
             self._pack = self._module.lookup_function("pack")
         # a VM context is not safe to invoke from two threads at once: one per thread, no lock
         self._context = device.new_context(self._module, self.hal)
-        self._queued = None  # on the hybrid device, an inline kernel's context on the thread pool
+        # on the hybrid device, an inline kernel's context on the thread pool, for calls that find
+        # the queue busy: made now, since making it later empties the queue (about 0.3 ms)
+        self._queued = device.new_context(self._module) if self.hal is not device.hal else None
         self._owner = threading.get_ident()
         self._contexts = threading.local()
 
@@ -78,11 +83,7 @@ class Kernel:
         the host then goes on to the next op instead of waiting for the queue to empty."""
         queued = busy and self.hal is not self.device.hal
         if threading.get_ident() == self._owner:
-            if not queued:
-                return self._context
-            if self._queued is None:
-                self._queued = self.device.new_context(self._module)
-            return self._queued
+            return self._queued if queued else self._context
         key = "queued" if queued else "context"
         context = getattr(self._contexts, key, None)
         if context is None:
@@ -105,7 +106,7 @@ class Kernel:
         args = rt.VmVariantList(3)
         args.push_ref(weight_buffer)
         results = rt.VmVariantList(1)
-        self.device.queue.submit(self._context_for, self._pack, args, results)
+        self.device.queue.submit(self._context_for, self._pack, args, results, self._fenced)
         return results.get_as_object(0, rt.HalBufferView)
 
     def __call__(self, buffers, scalars=()) -> list:
@@ -133,11 +134,11 @@ class Kernel:
         if KernelTiming.enabled:  # the kernel alone: the queue is emptied before and after
             self.device.queue.drain()
             start = time.perf_counter()
-            self.device.queue.submit(self._context_for, self._main, args, results)
+            self.device.queue.submit(self._context_for, self._main, args, results, self._fenced)
             self.device.queue.drain()
             KernelTiming.records.append((self.name, time.perf_counter() - start))
         else:
-            self.device.queue.submit(self._context_for, self._main, args, results)
+            self.device.queue.submit(self._context_for, self._main, args, results, self._fenced)
         return [results.get_as_object(i, rt.HalBufferView) for i in range(self._num_outputs)]
 
     def _first_call(self, buffers, scalars):

@@ -56,7 +56,10 @@ class _IreeBackendModule:
 
     @staticmethod
     def synchronize(device=None):
-        pass
+        # kernels run asynchronously (queue.py): wait for every device's queue
+        from . import synchronize
+
+        synchronize()
 
     @staticmethod
     def get_amp_supported_dtype():

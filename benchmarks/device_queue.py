@@ -2,7 +2,7 @@
 waited for as it is issued (`Queue.synchronous`, what `TORCH_MLIR_EAGER_SYNC=1` sets), in one
 process.
 
-    python benchmarks/queue.py [--rounds 15] [--batches 1,8] [--out benchmarks/results/queue.json]
+    python benchmarks/device_queue.py [--rounds 15] [--batches 1,8] [--out benchmarks/results/device_queue.json]
 
 ResNet18 eval at 224, the same kernels both ways: per round, in a rotating order, native
 PyTorch, the eager forward with the queue, and the eager forward waiting for each kernel. Each
@@ -79,7 +79,6 @@ def main():
                       f"{med['queue'] * ms:>7.1f} ({row['queue_over_native']:.2f}x) "
                       f"{med['wait each'] * ms:>9.1f} ({row['wait_over_native']:.2f}x) {row['queue_over_wait']:>12.2f}x")
     bu.write_json(args.out, report)
-    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
