@@ -215,9 +215,10 @@ def test_inputs_iree_may_write_are_copied_after_the_queue(stats, monkeypatch):
     close(h.out[1], want_c, 1e-3)
 
 
-def test_a_new_kernels_first_call_on_queued_inputs(stats, monkeypatch):
-    """A kernel's first call (its results' memory compared with its inputs', Device.overlap)
-    right after the kernel was queued on the thread pool."""
+def test_a_new_kernels_first_call_on_queued_inputs(stats, monkeypatch, inprocess_compiler):
+    """A kernel's first call (on copies of its inputs; its results' memory then compared with
+    theirs, Device.overlap, while the kernel runs on the thread pool), with its input still
+    queued. A private disk cache (the fixture): no earlier process's verdict skips the call."""
     from torch_mlir_eager.device import Device
 
     overlaps = []
@@ -238,11 +239,13 @@ def test_a_new_kernel_loads_while_the_queue_is_busy(stats):
     dx, dw = TorchMLIRTensor(x), TorchMLIRTensor(w)
     F.conv2d(dx, dw, padding=1).cpu()
     for op in (torch.sinh, torch.erfc, lambda t: t.addcmul_(t, t, value=0.5), lambda t: torch.atan2(t, t + 1)):
-        torch_mlir_eager.clear_kernel_cache()  # so that each kernel is built or loaded from disk now
+        op(F.conv2d(dx, dw, padding=1)).cpu()  # built (perhaps longer than the hold) and on disk
+        torch_mlir_eager.clear_kernel_cache()  # so that op's kernel is loaded from disk below
+        F.conv2d(dx, dw, padding=1).cpu()  # the convolution's reloaded before
         torch_mlir_eager.reset_stats()
         h = Held(lambda: op(F.conv2d(dx, dw, padding=1)))
         close(h.out, op(F.conv2d(x, w, padding=1)))
-        assert stats()["cache_misses"] >= 2 and stats()["fallback_calls"] == 0
+        assert stats()["cache_misses"] >= 1 and stats()["fallback_calls"] == 0
         assert h.waits >= 1  # the load waited for the queue
 
 

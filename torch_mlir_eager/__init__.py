@@ -58,7 +58,8 @@ def synchronize(device: str | None = None) -> None:
     is only needed to time device work."""
     from . import device as _device
 
-    devices = [_device.get_device(device)] if device else list(_device._devices.values())
+    opened = _device._devices
+    devices = ([opened[device]] if device in opened else []) if device else list(opened.values())
     for dev in devices:
         dev.queue.drain()
 
