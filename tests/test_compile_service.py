@@ -296,3 +296,26 @@ def test_precompile_stops_at_a_value_read_and_builds_what_it_found():
     assert summary["kernels"] >= 3  # mul, exp, sum
     x = torch.randn(4, 9)
     torch.testing.assert_close(fn(dev(x))._host(), fn(x), atol=1e-5, rtol=1e-5)
+
+
+def test_the_worker_is_this_packages_whatever_the_working_directory(tmp_path):
+    """A `torch_mlir_eager` folder in the working directory (another checkout) must not give
+    the compile worker: `python -m` would put it first on sys.path."""
+    fake = tmp_path / "cwd" / "torch_mlir_eager"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "compile_worker.py").write_text("import sys; sys.exit(7)\n")
+    code = textwrap.dedent("""
+        import sys
+        sys.path.insert(0, %r)
+        import torch, torch_mlir_eager
+        from torch_mlir_eager import TorchMLIRTensor
+        x = torch.randn(5, 3)
+        assert torch.allclose(torch.cos(TorchMLIRTensor(x)).cpu(), torch.cos(x))
+        s = torch_mlir_eager.stats()
+        print(s["kernels_compiled"], s["fallback_calls"])
+    """ % os.path.dirname(os.path.dirname(os.path.abspath(torch_mlir_eager.__file__))))
+    out = subprocess.run([sys.executable, "-c", code], cwd=str(tmp_path / "cwd"), capture_output=True, text=True,
+                         timeout=600, env=dict(os.environ, TORCH_MLIR_EAGER_CACHE_DIR=str(tmp_path / "cache")))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["1", "1"]  # cos compiled; the copy to the host

@@ -272,8 +272,12 @@ class _Worker:
         env = dict(os.environ)
         env["PYTHONPATH"] = package_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         with open(self.log_path, "ab") as log_file:
+            # this package's worker, not one a `torch_mlir_eager` folder in the working directory
+            # would give (`python -m` puts the working directory first on sys.path)
+            boot = (f"import sys; sys.path.insert(0, {package_parent!r}); import runpy; "
+                    "runpy.run_module('torch_mlir_eager.compile_worker', run_name='__main__', alter_sys=True)")
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "torch_mlir_eager.compile_worker"],
+                [sys.executable, "-c", boot],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file, env=env, bufsize=0,
                 start_new_session=True,  # the user's Ctrl-C is not the worker's
             )
